@@ -1,0 +1,92 @@
+"""create_app(config): the one place where the gateway is wired together.
+
+Resources (database, upstream HTTP session) are opened and closed in ``cleanup_ctx``; shared state hangs off typed
+``web.AppKey``s.  ``serve`` runs the app until SIGTERM/SIGINT, letting in-flight requests finish, then closes the
+database.  Nothing here does I/O at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway.chat import ChatService
+from gateway.config import Config
+from gateway.middleware import request_context
+from gateway.routes import CHAT, CONFIG, STORE, add_routes
+from gateway.store import ConversationStore
+from gateway.upstream import UpstreamClient, UpstreamSettings
+
+log = structlog.get_logger("gateway")
+
+# In-flight requests get this long to finish on shutdown before they are cut.
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_resources)
+    add_routes(app)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = await ConversationStore.open(
+        config.db_path, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
+    )
+    log.info("database_opened", path=str(config.db_path))
+    settings = UpstreamSettings(
+        base_url=config.upstream_base_url,
+        api_key=config.upstream_api_key,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        pool_size=config.pool_size,
+    )
+    session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings))
+    app[STORE] = store
+    app[CHAT] = ChatService(store, UpstreamClient(session, settings))
+    try:
+        yield
+    finally:
+        await session.close()
+        await store.close()
+        log.info("database_closed", path=str(config.db_path))
+
+
+async def start(config: Config) -> tuple[web.AppRunner, int]:
+    """Start serving; return the runner and the bound port (useful when the configured port is 0)."""
+    runner = web.AppRunner(
+        create_app(config),
+        handler_cancellation=True,  # a client that hangs up cancels its handler, which aborts the upstream call
+        access_log=None,  # the middleware's canonical line replaces the access log
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = int(runner.addresses[0][1])
+    return runner, port
+
+
+async def serve(config: Config) -> None:
+    runner, port = await start(config)
+    log.info("server_started", host=config.host, port=port, upstream=config.upstream_base_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("server_stopping")
+    await runner.cleanup()
+    log.info("server_stopped")

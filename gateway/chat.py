@@ -1,0 +1,241 @@
+"""The chat use case: load memory, merge the request, call upstream, relay the reply, record the turn.
+
+Knows no SQL and no HTTP server types.  The handler hands it a ``ReplyChannel`` to answer through, which lets
+this module decide *when* bytes go out: a turn is committed before a non-streaming body is sent and before a
+stream's ``data: [DONE]`` is relayed, so a reply the client saw complete is always on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from gateway.errors import GatewayError, UpstreamHTTPError, UpstreamInvalidResponse
+from gateway.history import plan_turn
+from gateway.ordering import KeyedLocks
+from gateway.protocol import ChatBody, Message, dumps
+from gateway.store import ConversationStore, Turn
+from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
+from gateway.upstream import UpstreamClient, UpstreamResponse
+
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection; raised by ``ReplyChannel.send``."""
+
+
+class ReplyChannel(Protocol):
+    """How the use case answers; implemented by the HTTP handler."""
+
+    async def respond(self, status: int, content_type: str, headers: Mapping[str, str], body: bytes) -> None: ...
+
+    async def open_stream(self, status: int, content_type: str, headers: Mapping[str, str]) -> None: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    body: ChatBody
+    raw: bytes
+    conversation_id: str | None
+    owner: str
+    authorization: str | None
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """Where and what to record for a turn with memory; None for a transparent pass-through."""
+
+    owner: str
+    conversation_id: str
+    model: str | None
+    system: list[Message] | None
+    new_messages: list[Message]
+
+
+class _StreamFailed(Exception):
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class ChatService:
+    def __init__(self, store: ConversationStore, upstream: UpstreamClient) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._locks = KeyedLocks()
+
+    async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
+        structlog.contextvars.bind_contextvars(model=request.body.model, stream=request.body.stream)
+        if request.conversation_id is None:
+            await self._exchange(request.raw, request, channel, None)
+            return
+        async with self._locks.hold((request.owner, request.conversation_id)):
+            stored = await self._store.load(request.owner, request.conversation_id)
+            plan = plan_turn(stored.system, stored.messages, request.body.messages)
+            structlog.contextvars.bind_contextvars(history_messages=len(stored.messages), resent_messages=plan.resent)
+            payload = dumps({**request.body.fields, "messages": plan.upstream_messages}).encode()
+            memory = _Memory(request.owner, request.conversation_id, request.body.model, plan.system, plan.new_messages)
+            await self._exchange(payload, request, channel, memory)
+
+    async def _exchange(
+        self, payload: bytes, request: ChatRequest, channel: ReplyChannel, memory: _Memory | None
+    ) -> None:
+        started = time.perf_counter()
+        async with self._upstream.chat_completions(
+            payload, client_authorization=request.authorization, client_headers=request.headers
+        ) as response:
+            structlog.contextvars.bind_contextvars(
+                upstream_status=response.status, upstream_ms=round((time.perf_counter() - started) * 1000, 1)
+            )
+            if response.status >= 400:
+                raise UpstreamHTTPError(response.status, await response.read(), response.headers)
+            if response.is_event_stream:
+                await self._relay_stream(response, channel, memory)
+            else:
+                await self._relay_body(response, channel, memory)
+
+    async def _relay_body(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        body = await response.read()
+        completion = _parse_completion(body)
+        if memory is not None:
+            if completion is None:
+                raise UpstreamInvalidResponse(
+                    "The upstream answered with something that is not a chat completion.",
+                    code="upstream_invalid_response",
+                )
+            message, usage = completion
+            await self._record(memory, message, usage, interrupted=False)
+        elif completion is not None:
+            _bind_usage(completion[1])
+        await channel.respond(response.status, response.content_type, response.headers, body)
+
+    async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        await channel.open_stream(response.status, response.content_type, {**response.headers, **_STREAM_HEADERS})
+        assembler = ReplyAssembler()
+        try:
+            await _pump(response, channel, assembler)
+        except _StreamFailed as failed:
+            structlog.contextvars.bind_contextvars(stream_error=failed.error.code)
+            await _send_quietly(channel, encode_event(json.loads(failed.error.body())))
+            return
+        except (ClientGone, asyncio.CancelledError):
+            structlog.contextvars.bind_contextvars(interrupted=True)
+            if memory is not None:
+                await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
+            raise
+        if memory is not None:
+            await self._record(memory, assembler.message(), assembler.usage, interrupted=False)
+        else:
+            _bind_usage(assembler.usage)
+        await channel.send(DONE_EVENT)
+
+    async def _record(
+        self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
+    ) -> None:
+        _bind_usage(usage)
+        await self._store.append_turn(
+            Turn(
+                owner=memory.owner,
+                external_id=memory.conversation_id,
+                model=memory.model,
+                system=memory.system,
+                messages=memory.new_messages,
+                reply=reply,
+                interrupted=interrupted,
+                usage=usage,
+            )
+        )
+
+
+async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: ReplyAssembler) -> None:
+    """Relay SSE events until ``[DONE]`` (held back for the caller); fold only what the client was sent into
+    ``assembler``.  Any way the stream can end short of a finished reply raises ``_StreamFailed``."""
+    parser = SseParser()
+    done = False
+    try:
+        async for data in response.chunks():
+            out: list[bytes] = []
+            chunks: list[dict[str, Any]] = []
+            for event in parser.feed(data):
+                if event.data is None:
+                    out.append(event.raw)  # keep-alive comments pass through
+                    continue
+                if event.data.strip() == DONE:
+                    done = True
+                    break
+                chunk = _parse_chunk(event.data)
+                out.append(event.raw)
+                chunks.append(chunk)
+            if out:
+                await channel.send(b"".join(out))
+            for chunk in chunks:
+                assembler.add(chunk)
+            if done:
+                break
+    except GatewayError as exc:
+        raise _StreamFailed(exc) from exc
+    if not done or not assembler.finished:
+        raise _StreamFailed(
+            UpstreamInvalidResponse(
+                "The upstream stream ended before the reply was complete.", code="upstream_stream_incomplete"
+            )
+        )
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise _StreamFailed(
+            UpstreamInvalidResponse("The upstream sent a malformed stream event.", code="upstream_invalid_response")
+        )
+    error = chunk.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        raise _StreamFailed(
+            UpstreamInvalidResponse(f"The upstream failed mid-stream: {message}", code=str(code or "upstream_error"))
+        )
+    return chunk
+
+
+def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | None:
+    """(choice 0's message, usage) of a chat completion body, or None when it is not one."""
+    try:
+        data = json.loads(body)
+        message = data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return None
+    usage = data.get("usage")
+    return message, usage if isinstance(usage, dict) else None
+
+
+def _bind_usage(usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    details = usage.get("prompt_tokens_details")
+    structlog.contextvars.bind_contextvars(
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        cached_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,
+    )
+
+
+async def _send_quietly(channel: ReplyChannel, data: bytes) -> None:
+    try:
+        await channel.send(data)
+    except ClientGone:
+        pass

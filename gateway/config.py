@@ -1,0 +1,228 @@
+"""Configuration: every setting declared once, loaded from defaults < config.toml < environment < flags.
+
+This module is the only reader of ``os.environ``.  ``load_config`` returns one frozen ``Config`` that the rest of
+the gateway receives; a bad value raises ``ConfigError`` whose message names the setting, which the CLI prints as
+one line before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG_FILE = "config.toml"
+DASHSCOPE_COMPAT_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its dotted key in config.toml, default, help text, and optional env var / CLI flag."""
+
+    key: str
+    default: Any
+    help: str
+    env: str | None = None
+    flag: str | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server.host", "127.0.0.1", "Address to listen on.", "GATEWAY_HOST", "--host"),
+    Setting("server.port", 8080, "TCP port to listen on (0 picks a free port).", "GATEWAY_PORT", "--port"),
+    Setting("server.max_body_bytes", 10 * 1024 * 1024, "Largest request body accepted; larger gets 413."),
+    Setting("storage.path", "./gateway.db", "SQLite database file (created on first start).", "GATEWAY_DB", "--db"),
+    Setting(
+        "storage.synchronous",
+        "normal",
+        "SQLite synchronous mode: 'normal' survives a process crash (kill -9), 'full' also a power cut.",
+    ),
+    Setting("storage.busy_timeout_ms", 5000, "How long a write waits for another process's lock (ms)."),
+    Setting(
+        "upstream.base_url",
+        DASHSCOPE_COMPAT_URL,
+        "OpenAI-compatible upstream; /chat/completions is appended.",
+        "GATEWAY_UPSTREAM_BASE_URL",
+        "--upstream-base-url",
+    ),
+    Setting(
+        "upstream.api_key",
+        "",
+        "Key sent upstream; empty forwards the client's Authorization header instead.",
+        "DASHSCOPE_API_KEY",
+    ),
+    Setting("upstream.connect_timeout", 5.0, "Seconds to open a connection to the upstream."),
+    Setting("upstream.read_timeout", 60.0, "Seconds of upstream silence (before headers or between chunks)."),
+    Setting("upstream.pool_size", 100, "Most simultaneous connections to the upstream."),
+    Setting("log.level", "info", "One of debug, info, warning, error."),
+    Setting("log.format", "auto", "'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; see ``SETTINGS`` for meanings and defaults."""
+
+    host: str
+    port: int
+    max_body_bytes: int
+    db_path: Path
+    synchronous: str
+    busy_timeout_ms: int
+    upstream_base_url: str
+    upstream_api_key: str
+    connect_timeout: float
+    read_timeout: float
+    pool_size: int
+    log_level: str
+    log_format: str
+
+
+def _as_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _as_int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _as_seconds(key: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+        raise ConfigError(f"{key}: expected a number of seconds in (0, 86400], got {value!r}")
+    return float(value)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = _as_str(key, value).lower()
+    if text not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+def _url(key: str, value: Any) -> str:
+    text = _as_str(key, value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key}: expected an http(s) URL, got {value!r}")
+    return text
+
+
+def _nonempty(key: str, value: Any) -> str:
+    text = _as_str(key, value).strip()
+    if not text:
+        raise ConfigError(f"{key}: must not be empty")
+    return text
+
+
+_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
+    "server.host": _nonempty,
+    "server.port": lambda k, v: _as_int(k, v, 0, 65535),
+    "server.max_body_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 31),
+    "storage.path": _nonempty,
+    "storage.synchronous": lambda k, v: _choice(k, v, ("normal", "full")),
+    "storage.busy_timeout_ms": lambda k, v: _as_int(k, v, 0, 600_000),
+    "upstream.base_url": _url,
+    "upstream.api_key": lambda k, v: _as_str(k, v).strip(),
+    "upstream.connect_timeout": _as_seconds,
+    "upstream.read_timeout": _as_seconds,
+    "upstream.pool_size": lambda k, v: _as_int(k, v, 1, 10_000),
+    "log.level": lambda k, v: _choice(k, v, ("debug", "info", "warning", "error")),
+    "log.format": lambda k, v: _choice(k, v, ("auto", "json", "console")),
+}
+
+
+def _flatten_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r}: invalid TOML ({exc})") from None
+    known = {s.key for s in SETTINGS}
+    flat: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: expected a [{section}] table in {str(path)!r}")
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if key not in known:
+                raise ConfigError(f"{key}: unknown setting in {str(path)!r}")
+            flat[key] = value
+    return flat
+
+
+def load_config(
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the one ``Config``: flags > environment > config file > defaults, then validate every value.
+
+    ``flags`` maps setting keys (``"server.port"``) to values given on the command line; ``None`` values are
+    ignored.  Without an explicit path (flag or ``GATEWAY_CONFIG``) a missing ``config.toml`` is not an error.
+    """
+    env = os.environ if env is None else env
+    flags = flags or {}
+    explicit = config_path or env.get("GATEWAY_CONFIG")
+    path = Path(explicit or DEFAULT_CONFIG_FILE)
+    if explicit and not path.is_file():
+        raise ConfigError(f"config file {str(path)!r}: not found")
+    values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+    sources: dict[str, str] = {}
+    if path.is_file():
+        file_values = _flatten_toml(path)
+        values.update(file_values)
+        sources.update({key: str(path) for key in file_values})
+    for setting in SETTINGS:
+        if setting.env and env.get(setting.env):
+            values[setting.key] = env[setting.env]
+            sources[setting.key] = setting.env
+        if flags.get(setting.key) is not None:
+            values[setting.key] = flags[setting.key]
+            sources[setting.key] = str(setting.flag)
+    v: dict[str, Any] = {}
+    for key, value in values.items():
+        try:
+            v[key] = _VALIDATORS[key](key, value)
+        except ConfigError as exc:
+            source = f" (from {sources[key]})" if key in sources else ""
+            raise ConfigError(str(exc).replace(f"{key}:", f"{key}{source}:", 1)) from None
+    return Config(
+        host=v["server.host"],
+        port=v["server.port"],
+        max_body_bytes=v["server.max_body_bytes"],
+        db_path=Path(v["storage.path"]),
+        synchronous=v["storage.synchronous"],
+        busy_timeout_ms=v["storage.busy_timeout_ms"],
+        upstream_base_url=v["upstream.base_url"],
+        upstream_api_key=v["upstream.api_key"],
+        connect_timeout=v["upstream.connect_timeout"],
+        read_timeout=v["upstream.read_timeout"],
+        pool_size=v["upstream.pool_size"],
+        log_level=v["log.level"],
+        log_format=v["log.format"],
+    )

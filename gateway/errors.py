@@ -1,0 +1,104 @@
+"""Error types: each carries its HTTP status and OpenAI error ``type``; middleware renders them once.
+
+The wire shape is OpenAI's: ``{"error": {"message", "type", "param", "code"}}``.  ``UpstreamHTTPError`` keeps the
+upstream's own body when that body is already OpenAI-shaped, so DashScope's codes reach the client unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+    @property
+    def http_status(self) -> int:
+        return self.status
+
+    def body(self) -> bytes:
+        """The JSON body sent to the client."""
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+
+
+class UpstreamUnavailable(GatewayError):
+    """The upstream could not be reached or broke the connection before answering."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "timeout_error"
+
+
+class UpstreamInvalidResponse(GatewayError):
+    """The upstream answered 2xx with something that is not a chat completion."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamHTTPError(GatewayError):
+    """The upstream answered with an error status; the client gets that status and an OpenAI-shaped body."""
+
+    type = "upstream_error"
+
+    def __init__(self, status: int, raw_body: bytes, headers: dict[str, str]) -> None:
+        self.upstream_status = status
+        self.raw_body = raw_body
+        self.headers = headers
+        parsed = _openai_error(raw_body)
+        message = parsed["message"] if parsed else f"upstream answered HTTP {status}"
+        super().__init__(message, code=parsed.get("code") if parsed else f"upstream_http_{status}")
+
+    @property
+    def http_status(self) -> int:
+        return self.upstream_status
+
+    def body(self) -> bytes:
+        if _openai_error(self.raw_body):
+            return self.raw_body
+        return error_body(self.message, self.type, self.code, None)
+
+
+def _openai_error(raw: bytes) -> dict[str, Any] | None:
+    """The ``error`` object of an OpenAI-shaped error body, or None when the body is not one."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error
+    return None
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()

@@ -1,0 +1,104 @@
+"""OpenAI wire shapes at the edge: request validation, conversation ids, owners, and JSON encoding.
+
+``Any`` stops here: ``parse_chat_body`` turns raw bytes into a checked ``ChatBody`` whose messages are plain dicts
+with a known role, so the rest of the gateway can rely on that shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import InvalidRequest
+
+Message = dict[str, Any]
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+SYSTEM_ROLES = frozenset({"system", "developer"})
+MAX_CONVERSATION_ID = 256
+
+
+@dataclass(frozen=True)
+class ChatBody:
+    """A validated chat completion request body."""
+
+    fields: dict[str, Any]
+    messages: list[Message]
+    stream: bool
+    model: str | None
+
+
+def parse_chat_body(raw: bytes) -> ChatBody:
+    """Validate a ``/v1/chat/completions`` body; raise ``InvalidRequest`` with a precise message otherwise."""
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidRequest("Request body is not valid UTF-8.", code="invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("Request body must be a JSON object.", code="invalid_request")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(
+            "'messages' must be a non-empty array of message objects.",
+            code="invalid_messages",
+            param="messages",
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(
+                f"messages[{index}] must be an object.", code="invalid_messages", param=f"messages[{index}]"
+            )
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.",
+                code="invalid_role",
+                param=f"messages[{index}].role",
+            )
+    model = data.get("model")
+    return ChatBody(
+        fields=data,
+        messages=messages,
+        stream=data.get("stream") is True,
+        model=model if isinstance(model, str) else None,
+    )
+
+
+def validate_conversation_id(value: str) -> str:
+    """1-256 printable ASCII characters without spaces (0x21-0x7e)."""
+    if not 1 <= len(value) <= MAX_CONVERSATION_ID or not all("!" <= ch <= "~" for ch in value):
+        raise InvalidRequest(
+            "X-Conversation-Id must be 1-256 printable ASCII characters without spaces.",
+            code="invalid_conversation_id",
+            param="X-Conversation-Id",
+        )
+    return value
+
+
+def bearer_credential(authorization: str | None) -> str:
+    """The credential in an ``Authorization`` header (the token after ``Bearer``), or '' when none."""
+    if not authorization:
+        return ""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip()
+    return authorization.strip()
+
+
+def owner_of(authorization: str | None) -> str:
+    """Conversations are keyed by this: the SHA-256 of the bearer credential, '' for a client without one."""
+    credential = bearer_credential(authorization)
+    return hashlib.sha256(credential.encode()).hexdigest() if credential else ""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, the one serialization used for storage and upstream bodies (stable bytes for caching)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)

@@ -1,0 +1,102 @@
+"""HTTP handlers: parse the request, call one use case, respond or stream.  No SQL, no upstream session."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+
+from gateway.chat import ChatRequest, ChatService, ClientGone
+from gateway.config import Config
+from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.protocol import owner_of, parse_chat_body, validate_conversation_id
+from gateway.store import ConversationStore
+
+CONFIG = web.AppKey("config", Config)
+CHAT = web.AppKey("chat", ChatService)
+STORE = web.AppKey("store", ConversationStore)
+CONVERSATION_HEADER = "X-Conversation-Id"
+
+
+class HttpChannel:
+    """The use case's ``ReplyChannel`` over an aiohttp request."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.response: web.StreamResponse | None = None
+
+    async def respond(self, status: int, content_type: str, headers: Mapping[str, str], body: bytes) -> None:
+        self.response = web.Response(status=status, body=body, headers={**headers, "Content-Type": content_type})
+
+    async def open_stream(self, status: int, content_type: str, headers: Mapping[str, str]) -> None:
+        response = web.StreamResponse(status=status, headers={**headers, "Content-Type": content_type})
+        await response.prepare(self._request)
+        self.response = response
+
+    async def send(self, data: bytes) -> None:
+        assert self.response is not None, "open_stream comes first"
+        try:
+            await self.response.write(data)
+        except ConnectionResetError as exc:
+            raise ClientGone from exc
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    raw = await _read_body(request)
+    header = request.headers.get(CONVERSATION_HEADER)
+    conversation_id = validate_conversation_id(header) if header is not None else None
+    body = parse_chat_body(raw)
+    authorization = request.headers.get("Authorization")
+    owner = owner_of(authorization)
+    structlog.contextvars.bind_contextvars(conversation_id=conversation_id, owner=owner[:12] or None)
+    channel = HttpChannel(request)
+    try:
+        await request.app[CHAT].complete(
+            ChatRequest(body, raw, conversation_id, owner, authorization, request.headers), channel
+        )
+    except ClientGone:
+        pass
+    assert channel.response is not None, "the use case always answers"
+    return channel.response
+
+
+async def _read_body(request: web.Request) -> bytes:
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large") from None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except Exception as exc:
+        structlog.get_logger("gateway").warning("database_unreachable", error=type(exc).__name__)
+        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ready", "database": "ok"})
+
+
+async def echo_conversation_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response to a request with a valid X-Conversation-Id carries it back."""
+    header = request.headers.get(CONVERSATION_HEADER)
+    if header is None:
+        return
+    try:
+        response.headers[CONVERSATION_HEADER] = validate_conversation_id(header)
+    except InvalidRequest:
+        pass
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.on_response_prepare.append(echo_conversation_id)

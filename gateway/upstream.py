@@ -1,0 +1,126 @@
+"""UpstreamClient: the one way out to the model API, over the app's single ``ClientSession``.
+
+It owns the upstream URL, credentials, timeouts and the mapping of transport failures to gateway errors
+(connection failures → ``UpstreamUnavailable`` 502, silence past the read timeout → ``UpstreamTimeout`` 504), so
+callers see either an ``UpstreamResponse`` or a ``GatewayError``, never an aiohttp exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+
+# Response headers worth passing back to the client: request ids for support tickets, rate-limit hints.
+_PASS_BACK_EXACT = frozenset({"x-request-id", "request-id", "retry-after", "retry-after-ms", "req-cost-time"})
+_PASS_BACK_PREFIXES = ("x-ratelimit-", "x-dashscope-", "openai-")
+# Request headers that select upstream behaviour (DashScope's X-DashScope-* switches, e.g. data inspection).
+_FORWARD_PREFIXES = ("x-dashscope-",)
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    base_url: str
+    api_key: str
+    connect_timeout: float
+    read_timeout: float
+    pool_size: int
+
+
+class UpstreamResponse:
+    """An open upstream response: status and headers are known, the body is read or streamed by the caller."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", "application/json")
+        self.headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() in _PASS_BACK_EXACT or name.lower().startswith(_PASS_BACK_PREFIXES)
+        }
+
+    @property
+    def is_event_stream(self) -> bool:
+        return self.content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; a cut or stalled stream raises a ``GatewayError``."""
+        content = self._response.content
+        while True:
+            try:
+                data = await content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _translate(exc) from exc
+            if not data:
+                return
+            yield data
+
+
+class UpstreamClient:
+    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+        self._session = session
+        self._settings = settings
+        self._url = f"{settings.base_url}/chat/completions"
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
+        )
+
+    @staticmethod
+    def connector(settings: UpstreamSettings) -> aiohttp.TCPConnector:
+        return aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=settings.pool_size)
+
+    def _headers(self, client_authorization: str | None, client_headers: Mapping[str, str]) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": client_headers.get("Accept", "*/*")}
+        headers.update(
+            {name: value for name, value in client_headers.items() if name.lower().startswith(_FORWARD_PREFIXES)}
+        )
+        if self._settings.api_key:
+            headers["Authorization"] = f"Bearer {self._settings.api_key}"
+        elif client_authorization:
+            headers["Authorization"] = client_authorization
+        return headers
+
+    @asynccontextmanager
+    async def chat_completions(
+        self, body: bytes, *, client_authorization: str | None, client_headers: Mapping[str, str]
+    ) -> AsyncIterator[UpstreamResponse]:
+        """POST a chat completion; yields once headers arrived.  Leaving the block early (client gone, error)
+        closes the connection, which is what stops the upstream from generating tokens nobody reads."""
+        try:
+            response = await self._session.post(
+                self._url,
+                data=body,
+                headers=self._headers(client_authorization, client_headers),
+                timeout=self._timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+        completed = False
+        try:
+            yield UpstreamResponse(response)
+            completed = True
+        finally:
+            if completed and response.content.at_eof():
+                response.release()
+            else:
+                response.close()
+
+
+def _translate(exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return UpstreamTimeout("The upstream did not answer in time.", code="upstream_timeout")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamUnavailable("The upstream connection broke mid-response.", code="upstream_disconnected")
+    return UpstreamUnavailable("The upstream could not be reached.", code="upstream_unavailable")
