@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.chat import ChatService
 from gateway.config import Config
-from gateway.middleware import request_context
+from gateway.middleware import add_request_id, request_context
 from gateway.routes import CHAT, CONFIG, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.upstream import UpstreamClient, UpstreamSettings
@@ -32,6 +32,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context])
     app[CONFIG] = config
     app.cleanup_ctx.append(_resources)
+    app.on_response_prepare.append(add_request_id)
     add_routes(app)
     return app
 

@@ -21,6 +21,7 @@ log = structlog.get_logger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+REQUEST_ID = web.RequestKey("request_id", str)
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
@@ -32,15 +33,13 @@ def error_response(status: int, body: bytes, headers: dict[str, str] | None = No
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
-    request_id = uuid.uuid4().hex
+    request_id = request[REQUEST_ID] = uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.path)
     started = time.perf_counter()
     status = 500
     try:
         response = await _translate_errors(request, handler)
         status = response.status
-        if not response.prepared:
-            response.headers["X-Request-Id"] = request_id
         return response
     except asyncio.CancelledError:
         status = 499  # client closed the connection before a response was complete
@@ -48,6 +47,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         level = log.debug if request.path in _QUIET_PATHS else log.info
         level("request", status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streamed or not, names the request id of its log line."""
+    if REQUEST_ID in request:
+        response.headers["X-Gateway-Request-Id"] = request[REQUEST_ID]
 
 
 async def _translate_errors(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -98,6 +98,7 @@ class ConversationStore:
         return cls(writer, reader)
 
     async def close(self) -> None:
+        """Close both connections; closing the last one checkpoints the WAL into the main file."""
         await self._reader.close()
         async with self._write_lock:
             await self._writer.close()

@@ -1,0 +1,162 @@
+"""Fixtures: a fake upstream, the real gateway app on an ephemeral port, the official openai SDK as client,
+real SQLite files under tmp_path, and a helper to run the gateway as a separate process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from gateway.app import start
+from gateway.config import Config, load_config
+from tests.fake_upstream import FakeUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_config(tmp_path: Path, upstream_url: str, **flags: Any) -> Config:
+    """A config from defaults + flags only: never the repository's config.toml or the caller's environment."""
+    empty = tmp_path / "empty.toml"
+    empty.touch()
+    values = {"storage.path": str(tmp_path / "gateway.db"), "upstream.base_url": upstream_url, "server.port": 0}
+    values.update({key.replace("__", "."): value for key, value in flags.items()})
+    return load_config(str(empty), env={}, flags=values)
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: Config
+    runner: web.AppRunner
+
+    @property
+    def db_path(self) -> Path:
+        return self.config.db_path
+
+    def sdk(self, conversation: str | None = None, api_key: str = "sk-test") -> openai.AsyncOpenAI:
+        headers = {"X-Conversation-Id": conversation} if conversation else None
+        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, default_headers=headers, max_retries=0)
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read the database file directly, as any other process would."""
+        with sqlite3.connect(self.db_path) as db:
+            return db.execute(sql, params).fetchall()
+
+    def stored(self, conversation: str) -> list[dict[str, Any]]:
+        rows = self.rows(
+            "SELECT m.body FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.external_id = ? ORDER BY m.seq",
+            (conversation,),
+        )
+        return [json.loads(body) for (body,) in rows]
+
+
+async def start_gateway(config: Config) -> Gateway:
+    runner, port = await start(config)
+    return Gateway(f"http://127.0.0.1:{port}", config, runner)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = await FakeUpstream().start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
+    gw = await start_gateway(make_config(tmp_path, upstream.url))
+    yield gw
+    await gw.runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def chat_body(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"model": "qwen-plus", "messages": list(messages), **fields}
+
+
+async def read_sse(response: aiohttp.ClientResponse) -> list[str]:
+    """The data fields of every SSE event in a response, in order."""
+    text = (await response.read()).decode()
+    return [
+        line.removeprefix("data:").strip()
+        for line in text.replace("\r\n", "\n").split("\n")
+        if line.startswith("data:")
+    ]
+
+
+@dataclass
+class GatewayProcess:
+    """The gateway as a real separate process (`python -m gateway serve`), for crash and signal tests."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_events(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
+    log_path = tmp_path / f"gateway-{time.monotonic_ns()}.log"
+    empty = tmp_path / "empty.toml"
+    empty.touch()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
+    full_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(empty), "--port", "0", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=REPO,
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            if '"server_started"' in line:
+                return GatewayProcess(proc, log_path, int(json.loads(line)["port"]))
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited early: {log_path.read_text()}")
+        await asyncio.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"gateway did not start: {log_path.read_text()}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[GatewayProcess]]:
+    """Gateway processes started by a test; any still running at the end are killed."""
+    started: list[GatewayProcess] = []
+    yield started
+    for gp in started:
+        if gp.proc.poll() is None:
+            gp.proc.send_signal(signal.SIGKILL)
+            gp.proc.wait()

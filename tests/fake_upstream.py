@@ -1,0 +1,186 @@
+"""A real aiohttp server playing an OpenAI-compatible upstream: it records what it receives and plays scripts.
+
+Each request takes the next ``Script`` from the queue (or a default reply).  A script can answer with an error
+status, delay or never send headers, stream slowly, cut the connection after N chunks, send an error chunk, leave
+out ``finish_reason`` or ``[DONE]``, and reply with reasoning and tool calls, streamed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Script:
+    content: str | None = None  # None: "reply N" (N counts requests)
+    reasoning: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    usage: dict[str, Any] | None = None
+    status: int = 200
+    error_body: Any = None  # JSON for an error status; bytes are sent raw
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before headers
+    hang: bool = False  # never answer
+    chunk_delay: float = 0.0
+    chunk_size: int = 4  # characters of content per chunk
+    cut_after: int | None = None  # stream: drop the connection after this many chunks
+    error_chunk_after: int | None = None  # stream: send an {"error": ...} chunk after this many chunks
+    omit_done: bool = False
+    omit_finish: bool = False
+    gate: asyncio.Event | None = None  # stream: wait for this after the first chunk
+    raw_body: bytes | None = None  # sent as-is with status and a JSON content type
+
+
+@dataclass
+class Received:
+    body: dict[str, Any]
+    raw: bytes
+    headers: dict[str, str]
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.scripts: deque[Script] = deque()
+        self.aborted: list[float] = []  # monotonic times at which a client hung up mid-stream
+        self.aborted_event = asyncio.Event()
+        self.completed_streams = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1].body
+
+    async def start(self) -> FakeUpstream:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._handle)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw)
+        self.requests.append(Received(body, raw, dict(request.headers)))
+        script = self.scripts.popleft() if self.scripts else Script()
+        if script.content is None and script.tool_calls is None:
+            script.content = f"reply {len(self.requests)}"
+        if script.hang:
+            await asyncio.sleep(3600)
+        if script.delay:
+            await asyncio.sleep(script.delay)
+        if script.raw_body is not None:
+            return web.Response(status=script.status, body=script.raw_body, content_type="application/json")
+        if script.status >= 400:
+            payload = script.error_body
+            if isinstance(payload, bytes):
+                return web.Response(status=script.status, body=payload, headers=script.headers)
+            payload = payload or {"error": {"message": "scripted failure", "type": "server_error", "code": "boom"}}
+            return web.json_response(payload, status=script.status, headers=script.headers)
+        usage = script.usage or {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        if body.get("stream"):
+            return await self._stream(request, body, script, usage)
+        message: dict[str, Any] = {"role": "assistant", "content": script.content}
+        if script.reasoning is not None:
+            message["reasoning_content"] = script.reasoning
+        if script.tool_calls:
+            message["tool_calls"] = script.tool_calls
+            message["content"] = script.content or ""
+        completion = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "qwen-plus"),
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if script.tool_calls else "stop"}
+            ],
+            "usage": usage,
+        }
+        return web.json_response(completion, headers={"x-request-id": f"req-{len(self.requests)}", **script.headers})
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], script: Script, usage: dict[str, Any]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.headers})
+        await response.prepare(request)
+        chunks = _chunks(body, script, usage)
+        sent = 0
+        try:
+            for chunk in chunks:
+                if script.cut_after is not None and sent >= script.cut_after:
+                    assert request.transport is not None
+                    request.transport.close()  # a mid-stream connection reset, as a crashed upstream would
+                    return response
+                if script.error_chunk_after is not None and sent == script.error_chunk_after:
+                    error = {"error": {"message": "model overloaded", "type": "server_error", "code": "overloaded"}}
+                    await response.write(f"data: {json.dumps(error)}\n\n".encode())
+                    return response
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                sent += 1
+                if sent == 1 and script.gate is not None:
+                    await script.gate.wait()
+                if script.chunk_delay:
+                    await asyncio.sleep(script.chunk_delay)
+            if not script.omit_done:
+                await response.write(b"data: [DONE]\n\n")
+            self.completed_streams += 1
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.aborted.append(time.monotonic())
+            self.aborted_event.set()
+            raise
+        return response
+
+
+def _chunks(body: dict[str, Any], script: Script, usage: dict[str, Any]) -> list[dict[str, Any]]:
+    model = body.get("model", "qwen-plus")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": model, "choices": [choice]}
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    for piece in _split(script.reasoning or "", script.chunk_size):
+        out.append(chunk({"reasoning_content": piece}))
+    for piece in _split(script.content or "", script.chunk_size):
+        out.append(chunk({"content": piece}))
+    for index, call in enumerate(script.tool_calls or ()):
+        arguments = call["function"]["arguments"]
+        first = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"]}}
+        first["function"]["arguments"] = ""
+        out.append(chunk({"tool_calls": [first]}))
+        for piece in _split(arguments, script.chunk_size):
+            # Later fragments carry only index and arguments, like DashScope and OpenAI.
+            out.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+    if not script.omit_finish:
+        out.append(chunk({}, "tool_calls" if script.tool_calls else "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        out.append(
+            {"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage}
+        )
+    return out
+
+
+def _split(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
