@@ -11,8 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +37,34 @@ def make_config(tmp_path: Path, upstream_url: str, **flags: Any) -> Config:
     return load_config(str(empty), env={}, flags=values)
 
 
+def sdk_client(
+    base: str, conversation: str | None, api_key: str, registry: list[openai.AsyncOpenAI]
+) -> openai.AsyncOpenAI:
+    """The official SDK pointed at a gateway; closed by whoever owns ``registry``."""
+    headers = {"X-Conversation-Id": conversation} if conversation else None
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=api_key, default_headers=headers, max_retries=0)
+    registry.append(client)
+    return client
+
+
 @dataclass
 class Gateway:
     url: str
     config: Config
     runner: web.AppRunner
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     @property
     def db_path(self) -> Path:
         return self.config.db_path
 
     def sdk(self, conversation: str | None = None, api_key: str = "sk-test") -> openai.AsyncOpenAI:
-        headers = {"X-Conversation-Id": conversation} if conversation else None
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, default_headers=headers, max_retries=0)
+        return sdk_client(self.url, conversation, api_key, self.clients)
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            await client.close()
+        await self.runner.cleanup()
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the database file directly, as any other process would."""
@@ -81,7 +96,7 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 async def gateway(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
     gw = await start_gateway(make_config(tmp_path, upstream.url))
     yield gw
-    await gw.runner.cleanup()
+    await gw.stop()
 
 
 @pytest.fixture
@@ -115,6 +130,10 @@ class GatewayProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     port: int
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    def sdk(self, conversation: str, api_key: str = "sk-process") -> openai.AsyncOpenAI:
+        return sdk_client(self.url, conversation, api_key, self.clients)
 
     @property
     def url(self) -> str:
@@ -152,11 +171,13 @@ async def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None =
 
 
 @pytest.fixture
-def processes() -> Iterator[list[GatewayProcess]]:
+async def processes() -> AsyncIterator[list[GatewayProcess]]:
     """Gateway processes started by a test; any still running at the end are killed."""
     started: list[GatewayProcess] = []
     yield started
     for gp in started:
+        for client in gp.clients:
+            await client.close()
         if gp.proc.poll() is None:
             gp.proc.send_signal(signal.SIGKILL)
             gp.proc.wait()

@@ -4,7 +4,6 @@ OpenAI-shaped errors with the upstream's status; the upstream credential is the 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from pathlib import Path
@@ -82,7 +81,7 @@ async def test_unreachable_upstream_is_502(tmp_path: Path, http: aiohttp.ClientS
             assert (await resp.json())["error"]["code"] == "upstream_unavailable"
         assert gw.rows("SELECT count(*) FROM messages") == [(0,)]
     finally:
-        await gw.runner.cleanup()
+        await gw.stop()
 
 
 async def test_upstream_that_never_answers_is_504(
@@ -98,7 +97,7 @@ async def test_upstream_that_never_answers_is_504(
         assert time.monotonic() - started < 3
         assert gw.rows("SELECT count(*) FROM messages") == [(0,)]
     finally:
-        await gw.runner.cleanup()
+        await gw.stop()
 
 
 async def test_non_completion_2xx_body_is_502_with_memory_and_passed_through_without(
@@ -127,7 +126,7 @@ async def test_gateway_key_replaces_the_client_credential(tmp_path: Path, upstre
         await gw.sdk("auth", api_key="sk-client").chat.completions.create(model="qwen-plus", messages=[user("hi")])
         assert upstream.requests[0].headers["Authorization"] == "Bearer sk-gateway-held"
     finally:
-        await gw.runner.cleanup()
+        await gw.stop()
 
 
 async def test_dashscope_headers_are_forwarded(

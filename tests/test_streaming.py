@@ -177,7 +177,7 @@ async def test_stalled_stream_times_out_with_an_error_event(
         assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
         assert gw.rows("SELECT count(*) FROM messages") == [(0,)]
     finally:
-        await gw.runner.cleanup()
+        await gw.stop()
 
 
 async def test_client_disconnect_aborts_upstream_and_records_what_was_seen(
