@@ -18,8 +18,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench examples
+	$(BIN)/ruff format --check gateway tests bench examples
 	$(BIN)/mypy
 
 bench: $(STAMP)

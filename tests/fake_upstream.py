@@ -184,3 +184,20 @@ def _chunks(body: dict[str, Any], script: Script, usage: dict[str, Any]) -> list
 
 def _split(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+async def _serve_forever(port: int) -> None:
+    fake = FakeUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake._handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"fake upstream on http://127.0.0.1:{port}/v1 (replies 'reply N')", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1]) if len(sys.argv) > 1 else 9000))
