@@ -24,6 +24,7 @@ from gateway.store import ConversationStore, Turn
 from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
+log = structlog.get_logger("gateway")
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -128,14 +129,23 @@ class ChatService:
             await _send_quietly(channel, encode_event(json.loads(failed.error.body())))
             return
         except (ClientGone, asyncio.CancelledError):
+            response.abort()
             structlog.contextvars.bind_contextvars(interrupted=True)
             if memory is not None:
                 await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
             raise
-        if memory is not None:
-            await self._record(memory, assembler.message(), assembler.usage, interrupted=False)
-        else:
+        if memory is None:
             _bind_usage(assembler.usage)
+        else:
+            try:
+                await self._record(memory, assembler.message(), assembler.usage, interrupted=False)
+            except Exception as exc:
+                # Headers are gone already: the client learns of the failure from an error event, not [DONE].
+                log.warning("record_failed", error=type(exc).__name__)
+                error = exc if isinstance(exc, GatewayError) else GatewayError("The turn could not be recorded.")
+                structlog.contextvars.bind_contextvars(stream_error=error.code)
+                await _send_quietly(channel, encode_event(json.loads(error.body())))
+                return
         await channel.send(DONE_EVENT)
 
     async def _record(

@@ -46,6 +46,13 @@ class NotFound(GatewayError):
     type = "not_found_error"
 
 
+class StorageUnavailable(GatewayError):
+    """The database could not be read or written (locked past the busy timeout, disk full, ...)."""
+
+    status = 503
+    type = "server_error"
+
+
 class UpstreamUnavailable(GatewayError):
     """The upstream could not be reached or broke the connection before answering."""
 

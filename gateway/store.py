@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from gateway.errors import StorageUnavailable
 from gateway.migrations import migrate
 from gateway.protocol import Message, dumps
 
@@ -107,7 +111,10 @@ class ConversationStore:
         await self._reader.execute_fetchall("SELECT 1 FROM conversations LIMIT 1")
 
     async def load(self, owner: str, external_id: str) -> StoredConversation:
-        rows = list(await self._reader.execute_fetchall(_LOAD, (owner, external_id, owner, external_id)))
+        try:
+            rows = list(await self._reader.execute_fetchall(_LOAD, (owner, external_id, owner, external_id)))
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
         if not rows:
             return StoredConversation(exists=False, system=None, messages=[])
         system_json = rows[0][1]
@@ -127,50 +134,57 @@ class ConversationStore:
         usage = turn.usage or {}
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        stored = [*turn.messages, turn.reply]
+        async with self._write_transaction() as db:
+            rows = await db.execute_fetchall(
+                _UPSERT,
+                (
+                    turn.owner,
+                    turn.external_id,
+                    now,
+                    now,
+                    turn.model,
+                    dumps(turn.system) if turn.system is not None else None,
+                    len(turn.messages) + 1,
+                    _count(usage.get("prompt_tokens")),
+                    _count(usage.get("completion_tokens")),
+                    _count(cached),
+                ),
+            )
+            conversation_id, count_after = next(iter(rows))
+            first_seq = count_after - len(turn.messages) - 1
+            await db.executemany(_INSERT_MESSAGE, _message_rows(turn, conversation_id, first_seq, now))
+
+    @asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction on the writer connection: committed whole, or rolled back whole."""
         async with self._write_lock:
-            # BEGIN IMMEDIATE: a deferred transaction that upgrades to a write fails at once with SQLITE_BUSY
-            # when another process wrote meanwhile, and busy_timeout does not help.
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                rows = await self._writer.execute_fetchall(
-                    _UPSERT,
-                    (
-                        turn.owner,
-                        turn.external_id,
-                        now,
-                        now,
-                        turn.model,
-                        dumps(turn.system) if turn.system is not None else None,
-                        len(stored),
-                        _count(usage.get("prompt_tokens")),
-                        _count(usage.get("completion_tokens")),
-                        _count(cached),
-                    ),
-                )
-                conversation_id, count_after = next(iter(rows))
-                first_seq = count_after - len(stored)
-                usage_json = dumps(turn.usage) if turn.usage is not None else None
-                await self._writer.executemany(
-                    _INSERT_MESSAGE,
-                    [
-                        (
-                            conversation_id,
-                            first_seq + offset,
-                            message["role"],
-                            dumps(message),
-                            now,
-                            1 if is_reply and turn.interrupted else 0,
-                            usage_json if is_reply else None,
-                        )
-                        for offset, message in enumerate(stored)
-                        for is_reply in (offset == len(stored) - 1,)
-                    ],
-                )
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
+                # BEGIN IMMEDIATE: a deferred transaction that upgrades to a write fails at once with SQLITE_BUSY
+                # when another process wrote meanwhile, and busy_timeout does not help.
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(
+                    "The conversation store cannot be written.", code="storage_unavailable"
+                ) from exc
+
+
+def _message_rows(turn: Turn, conversation_id: int, first_seq: int, now: float) -> list[tuple[Any, ...]]:
+    """Rows for the turn's new messages, then its reply, which alone carries the usage and interrupted flag."""
+    rows: list[tuple[Any, ...]] = [
+        (conversation_id, first_seq + offset, m["role"], dumps(m), now, 0, None)
+        for offset, m in enumerate(turn.messages)
+    ]
+    usage_json = dumps(turn.usage) if turn.usage is not None else None
+    reply_seq = first_seq + len(turn.messages)
+    rows.append((conversation_id, reply_seq, "assistant", dumps(turn.reply), now, int(turn.interrupted), usage_json))
+    return rows
 
 
 def _count(value: Any) -> int:

@@ -49,6 +49,10 @@ class UpstreamResponse:
     def is_event_stream(self) -> bool:
         return self.content_type.split(";")[0].strip().lower() == "text/event-stream"
 
+    def abort(self) -> None:
+        """Drop the connection now, so the upstream stops generating (and billing) tokens nobody will read."""
+        self._response.close()
+
     async def read(self) -> bytes:
         try:
             return await self._response.read()

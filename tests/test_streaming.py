@@ -224,3 +224,26 @@ async def test_transparent_stream_is_relayed_and_not_stored(
     assert events[-1] == "[DONE]"
     assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "reply 1"
     assert gateway.rows("SELECT count(*) FROM conversations") == [(0,)]
+
+
+async def test_failed_commit_is_an_error_not_success(
+    tmp_path, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    from tests.conftest import make_config, start_gateway
+
+    gw = await start_gateway(make_config(tmp_path, upstream.url, storage__busy_timeout_ms=50))
+    try:
+        locker = _hold_write_lock(str(gw.db_path))  # held past the busy timeout: the commit fails
+        async with http.post(
+            f"{gw.url}/v1/chat/completions", json=chat_body(user("hi"), stream=True), headers=HEADERS
+        ) as resp:
+            events = await read_sse(resp)
+        assert "[DONE]" not in events
+        assert json.loads(events[-1])["error"]["code"] == "storage_unavailable"
+        async with http.post(f"{gw.url}/v1/chat/completions", json=chat_body(user("hi")), headers=HEADERS) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"]["code"] == "storage_unavailable"
+        locker.execute("ROLLBACK")
+        assert gw.rows("SELECT count(*) FROM messages") == [(0,)]
+    finally:
+        await gw.stop()
