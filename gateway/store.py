@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -91,11 +91,11 @@ class ConversationStore:
     async def open(cls, path: Path, *, synchronous: str = "normal", busy_timeout_ms: int = 5000) -> ConversationStore:
         """Open (creating and migrating if needed) the database at ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path, synchronous, busy_timeout_ms)
+        writer = await _connect(path, synchronous, busy_timeout_ms, isolation_level="IMMEDIATE")
         try:
             await writer.execute("PRAGMA journal_mode = WAL")
             await migrate(writer)
-            reader = await _connect(path, synchronous, busy_timeout_ms)
+            reader = await _connect(path, synchronous, busy_timeout_ms, isolation_level=None)
         except BaseException:
             await writer.close()
             raise
@@ -156,18 +156,21 @@ class ConversationStore:
 
     @asynccontextmanager
     async def _write_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction on the writer connection: committed whole, or rolled back whole."""
+        """One write transaction on the writer connection: committed whole, or rolled back whole.
+
+        The writer runs with ``isolation_level="IMMEDIATE"``, so sqlite3 itself issues ``BEGIN IMMEDIATE`` with
+        the first write statement, saving a thread round trip.  IMMEDIATE matters: a deferred transaction that
+        upgrades to a write fails at once with SQLITE_BUSY when another process wrote meanwhile, and
+        busy_timeout does not help.
+        """
         async with self._write_lock:
             try:
-                # BEGIN IMMEDIATE: a deferred transaction that upgrades to a write fails at once with SQLITE_BUSY
-                # when another process wrote meanwhile, and busy_timeout does not help.
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._writer
-                    await self._writer.execute("COMMIT")
+                    await self._writer.commit()
                 except BaseException:
                     if self._writer.in_transaction:
-                        await self._writer.execute("ROLLBACK")
+                        await self._writer.rollback()
                     raise
             except sqlite3.Error as exc:
                 raise StorageUnavailable(
@@ -191,9 +194,10 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-async def _connect(path: Path, synchronous: str, busy_timeout_ms: int) -> aiosqlite.Connection:
-    # isolation_level=None: the store issues BEGIN/COMMIT itself instead of sqlite3's implicit transactions.
-    db = await aiosqlite.connect(path, isolation_level=None)
+async def _connect(
+    path: Path, synchronous: str, busy_timeout_ms: int, isolation_level: Literal["IMMEDIATE"] | None
+) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=isolation_level)
     await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
     await db.execute("PRAGMA foreign_keys = ON")
