@@ -8,6 +8,7 @@ database.  Nothing here does I/O at import time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from gateway.chat import ChatService
 from gateway.config import Config
-from gateway.middleware import add_request_id, request_context
+from gateway.middleware import CanonicalLine, add_request_id, request_context
 from gateway.routes import CHAT, CONFIG, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.upstream import UpstreamClient, UpstreamSettings
@@ -40,7 +41,10 @@ def create_app(config: Config) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = await ConversationStore.open(
-        config.db_path, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
+        config.db_path,
+        synchronous=config.synchronous,
+        busy_timeout_ms=config.busy_timeout_ms,
+        cache_messages=config.cache_messages,
     )
     log.info("database_opened", path=str(config.db_path))
     settings = UpstreamSettings(
@@ -66,7 +70,8 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(
         create_app(config),
         handler_cancellation=True,  # a client that hangs up cancels its handler, which aborts the upstream call
-        access_log=None,  # the middleware's canonical line replaces the access log
+        access_log_class=CanonicalLine,  # the canonical request line, written once the response is sent
+        access_log=logging.getLogger("gateway.access"),  # unused by CanonicalLine; aiohttp needs a logger here
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
     )
     await runner.setup()

@@ -8,7 +8,6 @@ stream's ``data: [DONE]`` is relayed, so a reply the client saw complete is alwa
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ import structlog
 
 from gateway.errors import GatewayError, UpstreamHTTPError, UpstreamInvalidResponse
 from gateway.history import plan_turn
+from gateway.logconfig import note
 from gateway.ordering import KeyedLocks
-from gateway.protocol import ChatBody, Message, dumps
+from gateway.protocol import ChatBody, Message, dumps, loads
 from gateway.store import ConversationStore, Turn
 from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
 from gateway.upstream import UpstreamClient, UpstreamResponse
@@ -75,14 +75,13 @@ class ChatService:
         self._locks = KeyedLocks()
 
     async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
-        structlog.contextvars.bind_contextvars(model=request.body.model, stream=request.body.stream)
         if request.conversation_id is None:
             await self._exchange(request.raw, request, channel, None)
             return
         async with self._locks.hold((request.owner, request.conversation_id)):
             stored = await self._store.load(request.owner, request.conversation_id)
             plan = plan_turn(stored.system, stored.messages, request.body.messages)
-            structlog.contextvars.bind_contextvars(history_messages=len(stored.messages), resent_messages=plan.resent)
+            note(history_messages=len(stored.messages), resent_messages=plan.resent)
             payload = dumps({**request.body.fields, "messages": plan.upstream_messages}).encode()
             memory = _Memory(request.owner, request.conversation_id, request.body.model, plan.system, plan.new_messages)
             await self._exchange(payload, request, channel, memory)
@@ -94,9 +93,7 @@ class ChatService:
         async with self._upstream.chat_completions(
             payload, client_authorization=request.authorization, client_headers=request.headers
         ) as response:
-            structlog.contextvars.bind_contextvars(
-                upstream_status=response.status, upstream_ms=round((time.perf_counter() - started) * 1000, 1)
-            )
+            note(upstream_status=response.status, upstream_ms=round((time.perf_counter() - started) * 1000, 1))
             if response.status >= 400:
                 raise UpstreamHTTPError(response.status, await response.read(), response.headers)
             if response.is_event_stream:
@@ -125,12 +122,12 @@ class ChatService:
         try:
             await _pump(response, channel, assembler)
         except _StreamFailed as failed:
-            structlog.contextvars.bind_contextvars(stream_error=failed.error.code)
-            await _send_quietly(channel, encode_event(json.loads(failed.error.body())))
+            note(stream_error=failed.error.code)
+            await _send_quietly(channel, encode_event(loads(failed.error.body())))
             return
         except (ClientGone, asyncio.CancelledError):
             response.abort()
-            structlog.contextvars.bind_contextvars(interrupted=True)
+            note(interrupted=True)
             if memory is not None:
                 await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
             raise
@@ -143,8 +140,8 @@ class ChatService:
                 # Headers are gone already: the client learns of the failure from an error event, not [DONE].
                 log.warning("record_failed", error=type(exc).__name__)
                 error = exc if isinstance(exc, GatewayError) else GatewayError("The turn could not be recorded.")
-                structlog.contextvars.bind_contextvars(stream_error=error.code)
-                await _send_quietly(channel, encode_event(json.loads(error.body())))
+                note(stream_error=error.code)
+                await _send_quietly(channel, encode_event(loads(error.body())))
                 return
         await channel.send(DONE_EVENT)
 
@@ -162,7 +159,8 @@ class ChatService:
                 reply=reply,
                 interrupted=interrupted,
                 usage=usage,
-            )
+            ),
+            share_commit=len(self._locks) > 1,
         )
 
 
@@ -203,7 +201,7 @@ async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: Re
 
 def _parse_chunk(data: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = loads(data)
     except ValueError:
         chunk = None
     if not isinstance(chunk, dict):
@@ -223,7 +221,7 @@ def _parse_chunk(data: str) -> dict[str, Any]:
 def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | None:
     """(choice 0's message, usage) of a chat completion body, or None when it is not one."""
     try:
-        data = json.loads(body)
+        data = loads(body)
         message = data["choices"][0]["message"]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
@@ -237,7 +235,7 @@ def _bind_usage(usage: dict[str, Any] | None) -> None:
     if not usage:
         return
     details = usage.get("prompt_tokens_details")
-    structlog.contextvars.bind_contextvars(
+    note(
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         cached_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,

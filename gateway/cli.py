@@ -60,5 +60,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.pop("config"), flags=args)
     except ConfigError as exc:
         return _fail(str(exc))
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, cache=True)
     return _run_server(config)

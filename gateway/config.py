@@ -46,6 +46,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("storage.busy_timeout_ms", 5000, "How long a write waits for another process's lock (ms)."),
     Setting(
+        "storage.cache_messages",
+        50_000,
+        "Messages of recently active conversations kept in memory, saving a database read per turn (0: off).",
+    ),
+    Setting(
         "upstream.base_url",
         DASHSCOPE_COMPAT_URL,
         "OpenAI-compatible upstream; /chat/completions is appended.",
@@ -76,6 +81,7 @@ class Config:
     db_path: Path
     synchronous: str
     busy_timeout_ms: int
+    cache_messages: int
     upstream_base_url: str
     upstream_api_key: str
     connect_timeout: float
@@ -144,6 +150,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "storage.path": _nonempty,
     "storage.synchronous": lambda k, v: _choice(k, v, ("normal", "full")),
     "storage.busy_timeout_ms": lambda k, v: _as_int(k, v, 0, 600_000),
+    "storage.cache_messages": lambda k, v: _as_int(k, v, 0, 100_000_000),
     "upstream.base_url": _url,
     "upstream.api_key": lambda k, v: _as_str(k, v).strip(),
     "upstream.connect_timeout": _as_seconds,
@@ -218,6 +225,7 @@ def load_config(
         db_path=Path(v["storage.path"]),
         synchronous=v["storage.synchronous"],
         busy_timeout_ms=v["storage.busy_timeout_ms"],
+        cache_messages=v["storage.cache_messages"],
         upstream_base_url=v["upstream.base_url"],
         upstream_api_key=v["upstream.api_key"],
         connect_timeout=v["upstream.connect_timeout"],

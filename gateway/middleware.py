@@ -1,21 +1,25 @@
 """The edge of every request: request id and log context, the canonical log line, errors → OpenAI JSON.
 
 Exactly one ``request`` log event per request, carrying whatever the handler and use case bound to the
-structlog context (conversation, owner, model, tokens, upstream latency, streamed or not).  Errors are translated
-here and nowhere else.
+structlog context (conversation, owner, model, tokens, upstream latency, streamed or not).  aiohttp writes it
+through ``CanonicalLine``, its access-log hook, which runs once the response is on the wire, so the line costs
+the client no latency; a request whose client hung up never gets that far and is logged here instead.  Errors
+are translated here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from gateway.errors import GatewayError, error_body
+from gateway.logconfig import note, open_request_fields, request_fields
 
 log = structlog.get_logger("gateway")
 
@@ -30,23 +34,30 @@ def error_response(status: int, body: bytes, headers: dict[str, str] | None = No
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
+class CanonicalLine(AbstractAccessLogger):
+    """The canonical ``request`` line, written by aiohttp after the response was sent (same task and context)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        _canonical_line(request, response.status, time)
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    structlog.contextvars.clear_contextvars()
-    request_id = request[REQUEST_ID] = uuid.uuid4().hex
-    structlog.contextvars.bind_contextvars(request_id=request_id, method=request.method, path=request.path)
+    request_id = request[REQUEST_ID] = os.urandom(16).hex()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    open_request_fields(method=request.method, path=request.path)
     started = time.perf_counter()
-    status = 500
     try:
-        response = await _translate_errors(request, handler)
-        status = response.status
-        return response
+        return await _translate_errors(request, handler)
     except asyncio.CancelledError:
-        status = 499  # client closed the connection before a response was complete
+        # 499: the client closed the connection before the response was complete.
+        _canonical_line(request, 499, time.perf_counter() - started)
         raise
-    finally:
-        level = log.debug if request.path in _QUIET_PATHS else log.info
-        level("request", status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+def _canonical_line(request: web.BaseRequest, status: int, seconds: float) -> None:
+    level = log.debug if request.path in _QUIET_PATHS else log.info
+    level("request", **request_fields(), status=status, duration_ms=round(seconds * 1000, 1))
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -59,14 +70,14 @@ async def _translate_errors(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except GatewayError as exc:
-        structlog.contextvars.bind_contextvars(error_type=exc.type, error_code=exc.code)
+        note(error_type=exc.type, error_code=exc.code)
         headers = getattr(exc, "headers", None)
         return error_response(exc.http_status, exc.body(), headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         type_ = _HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error" if exc.status < 500 else "server_error")
-        structlog.contextvars.bind_contextvars(error_type=type_)
+        note(error_type=type_)
         return error_response(exc.status, error_body(exc.reason, type_, None))
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise

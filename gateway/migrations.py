@@ -35,8 +35,7 @@ async def m001_conversations_and_messages(db: aiosqlite.Connection) -> None:
         )
         """
     )
-    # Listing an owner's conversations by recent activity.
-    await db.execute("CREATE INDEX conversations_owner_updated ON conversations (owner, updated_at DESC)")
+    # No index on updated_at: every turn would move its entry, doubling the pages a turn writes (measured).
     # The UNIQUE (conversation_id, seq) index is the only access path a turn needs: history in order.
     await db.execute(
         """
@@ -55,7 +54,49 @@ async def m001_conversations_and_messages(db: aiosqlite.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_conversations_and_messages,)
+async def m002_turn_writes(db: aiosqlite.Connection) -> None:
+    # A whole turn is one INSERT into this view: a single statement is atomic on its own and costs one call,
+    # however many messages the turn holds.  The trigger creates or updates the conversation, then appends the
+    # turn's messages (a JSON array of message-JSON strings, stored byte for byte) after the ones already there.
+    await db.execute(
+        """
+        CREATE VIEW turn_writes AS SELECT
+            NULL AS owner, NULL AS external_id, NULL AS at, NULL AS model, NULL AS system_json,
+            NULL AS bodies_json, NULL AS interrupted, NULL AS usage_json,
+            NULL AS prompt_tokens, NULL AS completion_tokens, NULL AS cached_tokens
+        WHERE 0
+        """
+    )
+    await db.execute(
+        """
+        CREATE TRIGGER turn_writes_insert INSTEAD OF INSERT ON turn_writes
+        BEGIN
+            INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json,
+                                       message_count, prompt_tokens, completion_tokens, cached_tokens)
+            VALUES (NEW.owner, NEW.external_id, NEW.at, NEW.at, NEW.model, NEW.system_json,
+                    json_array_length(NEW.bodies_json), NEW.prompt_tokens, NEW.completion_tokens, NEW.cached_tokens)
+            ON CONFLICT (owner, external_id) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                model = COALESCE(excluded.model, conversations.model),
+                system_json = COALESCE(excluded.system_json, conversations.system_json),
+                message_count = conversations.message_count + excluded.message_count,
+                prompt_tokens = conversations.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = conversations.completion_tokens + excluded.completion_tokens,
+                cached_tokens = conversations.cached_tokens + excluded.cached_tokens;
+            -- The last message is the reply: it alone carries the interrupted flag and the usage.
+            INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
+            SELECT c.id, c.message_count - json_array_length(NEW.bodies_json) + b.key,
+                   json_extract(b.value, '$.role'), b.value, NEW.at,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.interrupted ELSE 0 END,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.usage_json END
+              FROM conversations AS c, json_each(NEW.bodies_json) AS b
+             WHERE c.owner = NEW.owner AND c.external_id = NEW.external_id;
+        END
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_conversations_and_messages, m002_turn_writes)
 
 
 async def migrate(db: aiosqlite.Connection) -> list[str]:

@@ -7,9 +7,11 @@ with a known role, so the rest of the gateway can rely on that shape.
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from gateway.errors import InvalidRequest
 
@@ -18,6 +20,7 @@ Message = dict[str, Any]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SYSTEM_ROLES = frozenset({"system", "developer"})
 MAX_CONVERSATION_ID = 256
+_CONVERSATION_ID = re.compile(rf"[!-~]{{1,{MAX_CONVERSATION_ID}}}")
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,8 @@ class ChatBody:
 def parse_chat_body(raw: bytes) -> ChatBody:
     """Validate a ``/v1/chat/completions`` body; raise ``InvalidRequest`` with a precise message otherwise."""
     try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise InvalidRequest("Request body is not valid UTF-8.", code="invalid_json") from None
-    except json.JSONDecodeError as exc:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_request")
@@ -70,7 +71,7 @@ def parse_chat_body(raw: bytes) -> ChatBody:
 
 def validate_conversation_id(value: str) -> str:
     """1-256 printable ASCII characters without spaces (0x21-0x7e)."""
-    if not 1 <= len(value) <= MAX_CONVERSATION_ID or not all("!" <= ch <= "~" for ch in value):
+    if _CONVERSATION_ID.fullmatch(value) is None:
         raise InvalidRequest(
             "X-Conversation-Id must be 1-256 printable ASCII characters without spaces.",
             code="invalid_conversation_id",
@@ -96,9 +97,10 @@ def owner_of(authorization: str | None) -> str:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, the one serialization used for storage and upstream bodies (stable bytes for caching)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact UTF-8 JSON, the one serialization used for storage and upstream bodies (stable bytes for caching)."""
+    return orjson.dumps(value).decode()
 
 
 def loads(text: str | bytes) -> Any:
-    return json.loads(text)
+    """Strict JSON (no NaN or Infinity, which no OpenAI-compatible API accepts)."""
+    return orjson.loads(text)

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.chat import ChatRequest, ChatService, ClientGone
 from gateway.config import Config
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.logconfig import note
 from gateway.protocol import owner_of, parse_chat_body, validate_conversation_id
 from gateway.store import ConversationStore
 
@@ -49,7 +50,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_chat_body(raw)
     authorization = request.headers.get("Authorization")
     owner = owner_of(authorization)
-    structlog.contextvars.bind_contextvars(conversation_id=conversation_id, owner=owner[:12] or None)
+    note(conversation_id=conversation_id, owner=owner[:12] or None, model=body.model, stream=body.stream)
     channel = HttpChannel(request)
     try:
         await request.app[CHAT].complete(

@@ -1,40 +1,42 @@
-"""ConversationStore: every SQL statement of the gateway, over SQLite in WAL mode through aiosqlite.
+"""ConversationStore: every SQL statement of the gateway, over SQLite in WAL mode.
 
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
 system messages), the last model, counters and timestamps; a *message* row per stored message holds the message
 JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage.
 
-Two connections: a writer, used under an asyncio lock so that one transaction is open at a time, and a reader,
-which WAL lets run beside the writer.  A turn is one ``BEGIN IMMEDIATE`` transaction, so it is stored whole or not
-at all; another process (the CLI) writing at the same time waits up to ``busy_timeout`` instead of failing.
+Two paths to the same file.  The *inline* path is a plain ``sqlite3`` connection used on the event loop with
+``busy_timeout = 0``: it never waits for a lock, and in WAL mode with ``synchronous = NORMAL`` a read or a commit
+is a few tens of microseconds of CPU with no fsync.  Handing the same work to a thread (aiosqlite) costs ~160 us
+of wake-ups per call on the benchmark machine, several times the work itself (see README, Benchmark).  Whenever
+waiting could be needed, the *waiting* path takes over: an aiosqlite connection with the configured busy timeout,
+used when the inline path meets a lock held by another process (the CLI, say), for every write when
+``synchronous = "full"`` (each commit then fsyncs), for migrations and for WAL checkpoints, which the inline
+connection never runs itself (``wal_autocheckpoint = 0``) because they fsync; a background task runs them.
+
+A turn is a single ``INSERT`` into the ``turn_writes`` view, so it is stored whole or not at all.  Recently active
+conversations are also held in a ``HistoryCache``; ``PRAGMA data_version`` on the inline connection (a few
+microseconds) tells whether any other connection wrote since the last look, in which case the cache is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
+import structlog
 
+from gateway.cache import HistoryCache, Memory
 from gateway.errors import StorageUnavailable
 from gateway.migrations import migrate
-from gateway.protocol import Message, dumps
+from gateway.protocol import Message, dumps, loads
 
-
-@dataclass(frozen=True)
-class StoredConversation:
-    """Memory as a turn needs it; ``exists`` is False for a conversation not created yet."""
-
-    exists: bool
-    system: list[Message] | None
-    messages: list[Message]
+log = structlog.get_logger("gateway")
 
 
 @dataclass(frozen=True)
@@ -59,146 +61,246 @@ SELECT m.seq, m.body FROM messages AS m JOIN conversations AS c ON c.id = m.conv
 ORDER BY seq
 """
 
-# One statement creates the conversation or updates it, returning the id and the count after this turn.
-_UPSERT = """
-INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, message_count,
-                           prompt_tokens, completion_tokens, cached_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (owner, external_id) DO UPDATE SET
-    updated_at = excluded.updated_at,
-    model = COALESCE(excluded.model, conversations.model),
-    system_json = COALESCE(excluded.system_json, conversations.system_json),
-    message_count = conversations.message_count + excluded.message_count,
-    prompt_tokens = conversations.prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = conversations.completion_tokens + excluded.completion_tokens,
-    cached_tokens = conversations.cached_tokens + excluded.cached_tokens
-RETURNING id, message_count
+_RECORD_TURN = """
+INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
+                         prompt_tokens, completion_tokens, cached_tokens)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
-_INSERT_MESSAGE = """
-INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
+# How often the background task folds the WAL back into the database file while there were writes.
+CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 
 class ConversationStore:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
-        self._writer = writer
-        self._reader = reader
-        self._write_lock = asyncio.Lock()
+    def __init__(
+        self, inline: sqlite3.Connection, waiting: aiosqlite.Connection, *, inline_writes: bool, cache_messages: int
+    ) -> None:
+        self._inline = inline
+        self._waiting = waiting
+        self._inline_writes = inline_writes
+        self._cache = HistoryCache(cache_messages)
+        self._data_version: int | None = None
+        self._version_checked = False
+        self._write_lock = asyncio.Lock()  # one open transaction at a time on the waiting connection
+        self._dirty = False
+        self._batch: list[tuple[Turn, tuple[Any, ...], asyncio.Future[bool]]] = []
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "normal", busy_timeout_ms: int = 5000) -> ConversationStore:
+    async def open(
+        cls, path: Path, *, synchronous: str = "normal", busy_timeout_ms: int = 5000, cache_messages: int = 0
+    ) -> ConversationStore:
         """Open (creating and migrating if needed) the database at ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path, synchronous, busy_timeout_ms, isolation_level="IMMEDIATE")
+        waiting = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
         try:
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await migrate(writer)
-            reader = await _connect(path, synchronous, busy_timeout_ms, isolation_level=None)
+            await waiting.executescript(_pragmas(synchronous, busy_timeout_ms))
+            await waiting.execute("PRAGMA journal_mode = WAL")
+            await migrate(waiting)
+            inline = sqlite3.connect(path, isolation_level="IMMEDIATE")
+            inline.executescript(_pragmas(synchronous, 0) + "PRAGMA wal_autocheckpoint = 0;")
         except BaseException:
-            await writer.close()
+            await waiting.close()
             raise
-        return cls(writer, reader)
+        store = cls(inline, waiting, inline_writes=synchronous != "full", cache_messages=cache_messages)
+        store._checkpointer = asyncio.create_task(store._checkpoint_periodically())
+        return store
 
     async def close(self) -> None:
         """Close both connections; closing the last one checkpoints the WAL into the main file."""
-        await self._reader.close()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+        self._inline.close()
         async with self._write_lock:
-            await self._writer.close()
+            await self._waiting.close()
 
     async def ping(self) -> None:
-        await self._reader.execute_fetchall("SELECT 1 FROM conversations LIMIT 1")
+        self._inline.execute("SELECT 1 FROM conversations LIMIT 1").fetchall()
 
-    async def load(self, owner: str, external_id: str) -> StoredConversation:
+    async def load(self, owner: str, external_id: str) -> Memory:
+        """The conversation's system prompt and history, from the cache when it can be trusted."""
+        key = (owner, external_id)
+        params = (owner, external_id, owner, external_id)
         try:
-            rows = list(await self._reader.execute_fetchall(_LOAD, (owner, external_id, owner, external_id)))
+            try:
+                self._drop_cache_if_written_elsewhere()
+                cached = self._cache.get(key)
+                if cached is not None:
+                    return cached
+                rows = self._inline.execute(_LOAD, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._cache.clear()
+                return _memory(list(await self._waiting.execute_fetchall(_LOAD, params)))
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
-        if not rows:
-            return StoredConversation(exists=False, system=None, messages=[])
-        system_json = rows[0][1]
-        return StoredConversation(
-            exists=True,
-            system=json.loads(system_json) if system_json else None,
-            messages=[json.loads(row[1]) for row in rows[1:]],
-        )
+        memory = _memory(rows)
+        self._cache.put(key, memory)
+        return memory
 
-    async def append_turn(self, turn: Turn) -> None:
-        """Record a turn in one transaction.  Shielded: once started, a cancelled caller cannot leave it half
-        done or leave the writer inside an open transaction."""
-        await asyncio.shield(self._append_turn(turn))
+    def _drop_cache_if_written_elsewhere(self) -> None:
+        # data_version changes when another connection commits (our own waiting connection included), never
+        # for the inline connection's own commits, which the cache has already been told about.  One look per
+        # event-loop iteration is as good as one per load: another process's write can land at any moment.
+        if self._version_checked:
+            return
+        (version,) = self._inline.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            self._cache.clear()
+            self._data_version = version
+        self._version_checked = True
+        asyncio.get_running_loop().call_soon(self._forget_version_check)
 
-    async def _append_turn(self, turn: Turn) -> None:
-        now = time.time()
-        usage = turn.usage or {}
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        async with self._write_transaction() as db:
-            rows = await db.execute_fetchall(
-                _UPSERT,
-                (
-                    turn.owner,
-                    turn.external_id,
-                    now,
-                    now,
-                    turn.model,
-                    dumps(turn.system) if turn.system is not None else None,
-                    len(turn.messages) + 1,
-                    _count(usage.get("prompt_tokens")),
-                    _count(usage.get("completion_tokens")),
-                    _count(cached),
-                ),
-            )
-            conversation_id, count_after = next(iter(rows))
-            first_seq = count_after - len(turn.messages) - 1
-            await db.executemany(_INSERT_MESSAGE, _message_rows(turn, conversation_id, first_seq, now))
+    def _forget_version_check(self) -> None:
+        self._version_checked = False
 
-    @asynccontextmanager
-    async def _write_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction on the writer connection: committed whole, or rolled back whole.
+    async def append_turn(self, turn: Turn, *, share_commit: bool = False) -> None:
+        """Record a turn in one transaction, before the caller tells the client it is complete.
 
-        The writer runs with ``isolation_level="IMMEDIATE"``, so sqlite3 itself issues ``BEGIN IMMEDIATE`` with
-        the first write statement, saving a thread round trip.  IMMEDIATE matters: a deferred transaction that
-        upgrades to a write fails at once with SQLITE_BUSY when another process wrote meanwhile, and
-        busy_timeout does not help.
+        ``share_commit``: other turns are in flight, so wait for the current event-loop iteration to end and
+        commit together with any that finish in it (group commit: one WAL append and lock cycle for all).
+        Alone, a turn commits at once rather than pay for the extra loop iterations.
         """
+        params = _turn_params(turn)
+        try:
+            if self._inline_writes and share_commit:
+                # Shielded: once queued, a cancelled caller cannot keep its turn from being recorded whole.
+                if await asyncio.shield(self._queue_inline(turn, params)):
+                    return
+            elif self._inline_writes and self._record_now(turn, params):
+                return
+            self._cache.discard((turn.owner, turn.external_id))
+            await asyncio.shield(self._record_waiting(params))
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
+
+    def _queue_inline(self, turn: Turn, params: tuple[Any, ...]) -> asyncio.Future[bool]:
+        """Queue a turn for the next group commit, which runs once the current loop iteration is done, so turns
+        finishing together share one transaction.  The future says whether it was recorded; False means another
+        connection holds the write lock."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        future.add_done_callback(_mark_retrieved)
+        self._batch.append((turn, params, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._commit_batch)
+        return future
+
+    def _record_now(self, turn: Turn, params: tuple[Any, ...]) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._settle([(turn, params, future)])
+        return future.result()
+
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._settle(batch)
+
+    def _settle(self, batch: list[tuple[Turn, tuple[Any, ...], asyncio.Future[bool]]]) -> None:
+        try:
+            self._commit_inline([params for _, params, _ in batch])
+        except sqlite3.Error as exc:
+            if len(batch) > 1 and not _is_busy(exc):
+                for item in batch:  # one bad turn must not fail the others
+                    self._settle([item])
+                return
+            for _, _, future in batch:
+                if _is_busy(exc):
+                    future.set_result(False)
+                else:
+                    future.set_exception(exc)
+            return
+        self._dirty = True
+        for turn, _, future in batch:
+            self._cache.extend((turn.owner, turn.external_id), turn.system, (*turn.messages, turn.reply))
+            future.set_result(True)
+
+    def _commit_inline(self, batch: list[tuple[Any, ...]]) -> None:
+        try:
+            for params in batch:
+                self._inline.execute(_RECORD_TURN, params)
+            self._inline.commit()
+        except BaseException:
+            self._inline.rollback()
+            raise
+
+    async def _record_waiting(self, params: tuple[Any, ...]) -> None:
+        # IMMEDIATE (sqlite3 issues BEGIN IMMEDIATE before the INSERT) matters: a deferred transaction that
+        # upgrades to a write fails at once with SQLITE_BUSY when another process wrote meanwhile, and
+        # busy_timeout does not help.
         async with self._write_lock:
             try:
+                await self._waiting.execute(_RECORD_TURN, params)
+                await self._waiting.commit()
+            except BaseException:
+                if self._waiting.in_transaction:
+                    await self._waiting.rollback()
+                raise
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
+            if self._dirty:
+                self._dirty = False
                 try:
-                    yield self._writer
-                    await self._writer.commit()
-                except BaseException:
-                    if self._writer.in_transaction:
-                        await self._writer.rollback()
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageUnavailable(
-                    "The conversation store cannot be written.", code="storage_unavailable"
-                ) from exc
+                    # PASSIVE: copies what it can without waiting for or blocking readers and writers.
+                    await self._waiting.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint_failed", error=type(exc).__name__)
 
 
-def _message_rows(turn: Turn, conversation_id: int, first_seq: int, now: float) -> list[tuple[Any, ...]]:
-    """Rows for the turn's new messages, then its reply, which alone carries the usage and interrupted flag."""
-    rows: list[tuple[Any, ...]] = [
-        (conversation_id, first_seq + offset, m["role"], dumps(m), now, 0, None)
-        for offset, m in enumerate(turn.messages)
-    ]
-    usage_json = dumps(turn.usage) if turn.usage is not None else None
-    reply_seq = first_seq + len(turn.messages)
-    rows.append((conversation_id, reply_seq, "assistant", dumps(turn.reply), now, int(turn.interrupted), usage_json))
-    return rows
+def _memory(rows: list[Any]) -> Memory:
+    """Memory from ``_LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
+    if not rows:
+        return Memory(exists=False, system=None, messages=())
+    system_json = rows[0][1]
+    return Memory(
+        exists=True,
+        system=tuple(loads(system_json)) if system_json else None,
+        messages=tuple(loads(row[1]) for row in rows[1:]),
+    )
+
+
+def _turn_params(turn: Turn) -> tuple[Any, ...]:
+    usage = turn.usage or {}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    bodies = [dumps(m) for m in (*turn.messages, turn.reply)]
+    return (
+        turn.owner,
+        turn.external_id,
+        time.time(),
+        turn.model,
+        dumps(turn.system) if turn.system is not None else None,
+        dumps(bodies),
+        int(turn.interrupted),
+        dumps(turn.usage) if turn.usage is not None else None,
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(cached),
+    )
 
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-async def _connect(
-    path: Path, synchronous: str, busy_timeout_ms: int, isolation_level: Literal["IMMEDIATE"] | None
-) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=isolation_level)
-    await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    await db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
-    await db.execute("PRAGMA foreign_keys = ON")
-    return db
+def _mark_retrieved(future: asyncio.Future[bool]) -> None:
+    # The caller may have been cancelled and gone; reading the outcome keeps asyncio from reporting it unread.
+    if not future.cancelled():
+        future.exception()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _pragmas(synchronous: str, busy_timeout_ms: int) -> str:
+    return (
+        f"PRAGMA busy_timeout = {int(busy_timeout_ms)};"
+        f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'};"
+        "PRAGMA foreign_keys = ON;"
+    )

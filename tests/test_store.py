@@ -35,7 +35,7 @@ async def test_blank_database_is_created_and_migrated(tmp_path: Path) -> None:
         conversation_columns = {r[1] for r in db.execute("PRAGMA table_info(conversations)")}
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert {"conversations", "messages", "schema_migrations"} <= tables
-    assert "conversations_owner_updated" in indexes
+    assert indexes == set()  # the UNIQUE constraints' automatic indexes serve every access path
     assert applied == [m.__name__ for m in MIGRATIONS]
     assert {"conversation_id", "seq", "role", "body", "created_at", "interrupted", "usage_json"} <= message_columns
     assert {"owner", "external_id", "created_at", "updated_at", "model", "system_json"} <= conversation_columns
@@ -84,14 +84,14 @@ async def test_long_history_and_many_conversations(tmp_path: Path) -> None:
     assert len(loaded.messages) == 2000
     assert loaded.messages[-1] == {"role": "assistant", "content": "re: turn 999"}
     assert not missing.exists
-    assert missing.messages == []
+    assert missing.messages == ()
 
 
 async def test_busy_timeout_and_synchronous_are_applied(tmp_path: Path) -> None:
     store = await ConversationStore.open(tmp_path / "g.db", synchronous="full", busy_timeout_ms=1234)
     try:
-        rows = await store._writer.execute_fetchall("PRAGMA busy_timeout")
-        sync = await store._writer.execute_fetchall("PRAGMA synchronous")
+        rows = await store._waiting.execute_fetchall("PRAGMA busy_timeout")
+        sync = await store._waiting.execute_fetchall("PRAGMA synchronous")
     finally:
         await store.close()
     assert list(rows) == [(1234,)]

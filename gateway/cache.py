@@ -1,0 +1,81 @@
+"""HistoryCache: the stored memory of recently active conversations, held in process so a turn skips its read.
+
+Pure bookkeeping, no I/O.  The store decides when entries can be trusted: it drops them all whenever another
+connection (the CLI, another gateway process) has written to the database, and after each of its own commits it
+tells the cache what the turn appended.  Entries are immutable tuples, so a caller holding one while a later turn
+extends the conversation never sees it change.  The bound is on messages, the memory that matters; an entry
+counts at least one, so a flood of empty conversations is bounded too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.protocol import Message
+
+Key = tuple[str, str]  # (owner, external id)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A conversation's stored memory; ``exists`` is False for a conversation not created yet."""
+
+    exists: bool
+    system: tuple[Message, ...] | None
+    messages: tuple[Message, ...]
+
+
+class HistoryCache:
+    def __init__(self, max_messages: int) -> None:
+        self._max = max_messages
+        self._entries: OrderedDict[Key, Memory] = OrderedDict()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key) -> Memory | None:
+        memory = self._entries.get(key)
+        if memory is not None:
+            self._entries.move_to_end(key)
+        return memory
+
+    def put(self, key: Key, memory: Memory) -> None:
+        self.discard(key)
+        weight = _weight(memory)
+        if weight > self._max:
+            return
+        self._entries[key] = memory
+        self._size += weight
+        while self._size > self._max:
+            _, evicted = self._entries.popitem(last=False)
+            self._size -= _weight(evicted)
+
+    def extend(self, key: Key, system: Sequence[Message] | None, appended: Sequence[Message]) -> None:
+        """Apply a committed turn to a cached entry (a new system prompt replaces the stored one)."""
+        memory = self._entries.get(key)
+        if memory is None:
+            return
+        self.put(
+            key,
+            Memory(
+                exists=True,
+                system=tuple(system) if system is not None else memory.system,
+                messages=(*memory.messages, *appended),
+            ),
+        )
+
+    def discard(self, key: Key) -> None:
+        memory = self._entries.pop(key, None)
+        if memory is not None:
+            self._size -= _weight(memory)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._size = 0
+
+
+def _weight(memory: Memory) -> int:
+    return max(1, len(memory.messages))
