@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.history import replay
 from gateway.protocol import Message
 
 Key = tuple[str, str]  # (owner, external id)
@@ -25,6 +26,7 @@ class Memory:
     exists: bool
     system: tuple[Message, ...] | None
     messages: tuple[Message, ...]
+    replayed: tuple[Message, ...]  # ``messages`` as sent upstream (history.replay), worked out once per message
 
 
 class HistoryCache:
@@ -64,6 +66,7 @@ class HistoryCache:
                 exists=True,
                 system=tuple(system) if system is not None else memory.system,
                 messages=(*memory.messages, *appended),
+                replayed=(*memory.replayed, *map(replay, appended)),
             ),
         )
 

@@ -80,7 +80,7 @@ class ChatService:
             return
         async with self._locks.hold((request.owner, request.conversation_id)):
             stored = await self._store.load(request.owner, request.conversation_id)
-            plan = plan_turn(stored.system, stored.messages, request.body.messages)
+            plan = plan_turn(stored.system, stored.messages, request.body.messages, stored.replayed)
             note(history_messages=len(stored.messages), resent_messages=plan.resent)
             payload = dumps({**request.body.fields, "messages": plan.upstream_messages}).encode()
             memory = _Memory(request.owner, request.conversation_id, request.body.model, plan.system, plan.new_messages)

@@ -37,9 +37,14 @@ def split_system(messages: Sequence[Message]) -> tuple[list[Message], list[Messa
 
 
 def plan_turn(
-    stored_system: Sequence[Message] | None, history: Sequence[Message], request: Sequence[Message]
+    stored_system: Sequence[Message] | None,
+    history: Sequence[Message],
+    request: Sequence[Message],
+    replayed: Sequence[Message] | None = None,
 ) -> TurnPlan:
-    """Merge a request's messages with stored memory: system prompt + history + the genuinely new messages."""
+    """Merge a request's messages with stored memory: system prompt + history + the genuinely new messages.
+
+    ``replayed`` is ``history`` already shaped by ``replay``, when the caller has it at hand."""
     request_system, rest = split_system(request)
     resent = resent_prefix_length(history, rest)
     new = rest[resent:]
@@ -50,7 +55,7 @@ def plan_turn(
             param="messages",
         )
     system = request_system or list(stored_system or ())
-    upstream = [*system, *(replay(m) for m in history), *new]
+    upstream = [*system, *(replayed if replayed is not None else map(replay, history)), *new]
     return TurnPlan(upstream, new, request_system or None, resent)
 
 

@@ -15,6 +15,7 @@ URL = "/v1/chat/completions"
 BAD_BODIES = {
     "invalid_json": (b'{"model": "qwen-plus", "messages": [', "invalid_json"),
     "not_utf8": (b'{"messages": "\xff\xfe"}', "invalid_json"),
+    "nan_literal": (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "invalid_json"),
     "array_body": (b'[{"role": "user", "content": "hi"}]', "invalid_request"),
     "string_body": (b'"hello"', "invalid_request"),
     "messages_missing": (b'{"model": "qwen-plus"}', "invalid_messages"),
