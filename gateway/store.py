@@ -309,4 +309,6 @@ def _pragmas(synchronous: str, busy_timeout_ms: int) -> str:
         f"PRAGMA busy_timeout = {int(busy_timeout_ms)};"
         f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'};"
         "PRAGMA foreign_keys = ON;"
+        # A burst can grow the WAL; once checkpointed and restarted, the file is cut back to this size.
+        "PRAGMA journal_size_limit = 67108864;"
     )

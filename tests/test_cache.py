@@ -96,6 +96,22 @@ async def test_memory_works_with_the_cache_turned_off(tmp_path: Path, upstream: 
     assert upstream.last["messages"] == [user("one"), {"role": "assistant", "content": "reply 1"}, user("two")]
 
 
+async def test_synchronous_full_keeps_memory(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """With storage.synchronous = "full" every write takes the waiting (fsyncing) path; memory is unchanged."""
+    gw = await start_gateway(make_config(tmp_path, upstream.url, storage__synchronous="full"))
+    try:
+        clients = [gw.sdk(f"full-{i}") for i in range(5)]
+        for text in ("one", "two"):
+            await asyncio.gather(
+                *(c.chat.completions.create(model="qwen-plus", messages=[user(text)]) for c in clients)
+            )
+        stored = [gw.stored(f"full-{i}") for i in range(5)]
+    finally:
+        await gw.stop()
+    assert [[m["content"] for m in s][::2] for s in stored] == [["one", "two"]] * 5
+    assert all(r.body["messages"][0] == user("one") for r in upstream.requests[5:])
+
+
 async def test_one_bad_turn_in_a_group_commit_fails_alone(tmp_path: Path) -> None:
     store = await ConversationStore.open(tmp_path / "g.db", cache_messages=100)
     try:
