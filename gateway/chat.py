@@ -113,7 +113,7 @@ class ChatService:
             message, usage = completion
             await self._record(memory, message, usage, interrupted=False)
         elif completion is not None:
-            _bind_usage(completion[1])
+            _note_usage(completion[1])
         await channel.respond(response.status, response.content_type, response.headers, body)
 
     async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
@@ -132,7 +132,7 @@ class ChatService:
                 await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
             raise
         if memory is None:
-            _bind_usage(assembler.usage)
+            _note_usage(assembler.usage)
         else:
             try:
                 await self._record(memory, assembler.message(), assembler.usage, interrupted=False)
@@ -148,7 +148,7 @@ class ChatService:
     async def _record(
         self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
     ) -> None:
-        _bind_usage(usage)
+        _note_usage(usage)
         await self._store.append_turn(
             Turn(
                 owner=memory.owner,
@@ -231,7 +231,7 @@ def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | No
     return message, usage if isinstance(usage, dict) else None
 
 
-def _bind_usage(usage: dict[str, Any] | None) -> None:
+def _note_usage(usage: dict[str, Any] | None) -> None:
     if not usage:
         return
     details = usage.get("prompt_tokens_details")

@@ -1,7 +1,7 @@
 """The edge of every request: request id and log context, the canonical log line, errors → OpenAI JSON.
 
-Exactly one ``request`` log event per request, carrying whatever the handler and use case bound to the
-structlog context (conversation, owner, model, tokens, upstream latency, streamed or not).  aiohttp writes it
+Exactly one ``request`` log event per request, carrying whatever the handler and use case noted for it with
+``logconfig.note`` (conversation, owner, model, tokens, upstream latency, streamed or not).  aiohttp writes it
 through ``CanonicalLine``, its access-log hook, which runs once the response is on the wire, so the line costs
 the client no latency; a request whose client hung up never gets that far and is logged here instead.  Errors
 are translated here and nowhere else.
