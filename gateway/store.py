@@ -16,6 +16,8 @@ connection never runs itself (``wal_autocheckpoint = 0``) because they fsync; a 
 A turn is a single ``INSERT`` into the ``turn_writes`` view, so it is stored whole or not at all.  Recently active
 conversations are also held in a ``HistoryCache``; ``PRAGMA data_version`` on the inline connection (a few
 microseconds) tells whether any other connection wrote since the last look, in which case the cache is dropped.
+The price of the inline path: a cache miss reads the history on the event loop, about 4 ms for a 2,000-message
+conversation, during which other requests wait.
 """
 
 from __future__ import annotations
