@@ -19,8 +19,10 @@ from aiohttp import web
 
 from gateway.chat import ChatService
 from gateway.config import Config
+from gateway.conversations import ConversationsService
 from gateway.middleware import CanonicalLine, add_request_id, request_context
-from gateway.routes import CHAT, CONFIG, STORE, add_routes
+from gateway.ordering import KeyedLocks
+from gateway.routes import CHAT, CONFIG, CONVERSATIONS, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.upstream import UpstreamClient, UpstreamSettings
 
@@ -57,7 +59,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings))
     app[STORE] = store
-    app[CHAT] = ChatService(store, UpstreamClient(session, settings))
+    locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
+    app[CHAT] = ChatService(store, UpstreamClient(session, settings), locks)
+    app[CONVERSATIONS] = ConversationsService(store, locks)
     try:
         yield
     finally:

@@ -69,10 +69,10 @@ class _StreamFailed(Exception):
 
 
 class ChatService:
-    def __init__(self, store: ConversationStore, upstream: UpstreamClient) -> None:
+    def __init__(self, store: ConversationStore, upstream: UpstreamClient, locks: KeyedLocks) -> None:
         self._store = store
         self._upstream = upstream
-        self._locks = KeyedLocks()
+        self._locks = locks
 
     async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
         if request.conversation_id is None:

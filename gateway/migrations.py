@@ -96,7 +96,12 @@ async def m002_turn_writes(db: aiosqlite.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_conversations_and_messages, m002_turn_writes)
+async def m003_conversation_metadata(db: aiosqlite.Connection) -> None:
+    # Client-set key/value pairs (a JSON object), shown by the conversations API.
+    await db.execute("ALTER TABLE conversations ADD COLUMN metadata_json TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_conversations_and_messages, m002_turn_writes, m003_conversation_metadata)
 
 
 async def migrate(db: aiosqlite.Connection) -> list[str]:

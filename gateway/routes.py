@@ -9,13 +9,15 @@ from aiohttp import web
 
 from gateway.chat import ChatRequest, ChatService, ClientGone
 from gateway.config import Config
+from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.logconfig import note
-from gateway.protocol import owner_of, parse_chat_body, validate_conversation_id
+from gateway.protocol import dumps, owner_of, parse_chat_body, validate_conversation_id
 from gateway.store import ConversationStore
 
 CONFIG = web.AppKey("config", Config)
 CHAT = web.AppKey("chat", ChatService)
+CONVERSATIONS = web.AppKey("conversations", ConversationsService)
 STORE = web.AppKey("store", ConversationStore)
 CONVERSATION_HEADER = "X-Conversation-Id"
 
@@ -72,6 +74,40 @@ async def _read_body(request: web.Request) -> bytes:
         raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large") from None
 
 
+async def list_conversations(request: web.Request) -> web.Response:
+    page = parse_page(request.query, default_order="desc")
+    return _json(await request.app[CONVERSATIONS].list(_owner(request), page))
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    return _json(await request.app[CONVERSATIONS].get(_owner(request), _path_id(request)))
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    page = parse_page(request.query, default_order="asc")
+    return _json(await request.app[CONVERSATIONS].messages(_owner(request), _path_id(request), page))
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    return _json(await request.app[CONVERSATIONS].delete(_owner(request), _path_id(request)))
+
+
+def _owner(request: web.Request) -> str:
+    owner = owner_of(request.headers.get("Authorization"))
+    note(owner=owner[:12] or None)
+    return owner
+
+
+def _path_id(request: web.Request) -> str:
+    conversation_id = validate_conversation_id(request.match_info["conversation_id"])
+    note(conversation_id=conversation_id)
+    return conversation_id
+
+
+def _json(data: object) -> web.Response:
+    return web.json_response(data, dumps=dumps)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -98,6 +134,12 @@ async def echo_conversation_id(request: web.Request, response: web.StreamRespons
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/conversations", list_conversations)
+    # Ids may hold any printable character, "/" included (sent as %2F): match the rest of the path, and try the
+    # /messages route first.
+    app.router.add_get("/v1/conversations/{conversation_id:.+}/messages", list_messages)
+    app.router.add_get("/v1/conversations/{conversation_id:.+}", get_conversation)
+    app.router.add_delete("/v1/conversations/{conversation_id:.+}", delete_conversation)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.on_response_prepare.append(echo_conversation_id)

@@ -1,0 +1,132 @@
+"""The conversations use case: list, read and delete a caller's stored conversations as OpenAI-style objects.
+
+Knows no SQL and no HTTP server types.  Every call is scoped to the caller's owner, and a conversation of another
+owner gets exactly the same ``NotFound`` as one that does not exist.  Deleting takes the same per-conversation
+ordering as chat turns, so it never lands in the middle of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import InvalidRequest, NotFound
+from gateway.ordering import KeyedLocks
+from gateway.store import ConversationInfo, ConversationStore, StoredMessage
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+_MESSAGE_ID_PREFIX = "msg_"
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    limit: int
+    order: str  # "asc" or "desc"
+    after: str | None
+
+
+def parse_page(query: Mapping[str, str], *, default_order: str) -> PageRequest:
+    """``limit`` (1-100, default 20), ``order`` (asc|desc) and ``after`` (an id) from query parameters."""
+    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIMIT}.", code="invalid_limit", param="limit")
+    order = query.get("order", default_order)
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'.", code="invalid_order", param="order")
+    return PageRequest(int(raw_limit), order, query.get("after") or None)
+
+
+class ConversationsService:
+    def __init__(self, store: ConversationStore, locks: KeyedLocks) -> None:
+        self._store = store
+        self._locks = locks
+
+    async def list(self, owner: str, page: PageRequest) -> dict[str, Any]:
+        cursor = None
+        if page.after is not None:
+            cursor = await self._store.get_conversation(owner, page.after)
+            if cursor is None:
+                raise InvalidRequest("'after' names no conversation of yours.", code="invalid_cursor", param="after")
+        found = await self._store.list_conversations(owner, limit=page.limit + 1, order=page.order, cursor=cursor)
+        return _list([conversation_object(c) for c in found[: page.limit]], has_more=len(found) > page.limit)
+
+    async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
+        return conversation_object(await self._existing(owner, conversation_id))
+
+    async def messages(self, owner: str, conversation_id: str, page: PageRequest) -> dict[str, Any]:
+        conversation = await self._existing(owner, conversation_id)
+        cursor_seq = None
+        if page.after is not None:
+            row_id = page.after.removeprefix(_MESSAGE_ID_PREFIX)
+            seq = await self._store.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
+            if seq is None:
+                raise InvalidRequest(
+                    "'after' names no message of this conversation.", code="invalid_cursor", param="after"
+                )
+            cursor_seq = seq
+        found = await self._store.list_messages(
+            conversation, limit=page.limit + 1, order=page.order, cursor_seq=cursor_seq
+        )
+        return _list([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
+
+    async def delete(self, owner: str, conversation_id: str) -> dict[str, Any]:
+        async with self._locks.hold((owner, conversation_id)):
+            if not await self._store.delete_conversation(owner, conversation_id):
+                raise _not_found(conversation_id)
+        return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+    async def _existing(self, owner: str, conversation_id: str) -> ConversationInfo:
+        conversation = await self._store.get_conversation(owner, conversation_id)
+        if conversation is None:
+            raise _not_found(conversation_id)
+        return conversation
+
+
+def conversation_object(c: ConversationInfo) -> dict[str, Any]:
+    return {
+        "id": c.external_id,
+        "object": "conversation",
+        "created_at": int(c.created_at),
+        "updated_at": int(c.updated_at),
+        "message_count": c.message_count,
+        "model": c.model,
+        "metadata": c.metadata,
+        "usage": {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "cached_tokens": c.cached_tokens,
+        },
+    }
+
+
+def message_object(m: StoredMessage) -> dict[str, Any]:
+    """The stored message's own fields, plus its stable id, time and flags."""
+    item = {
+        **m.body,
+        "id": f"{_MESSAGE_ID_PREFIX}{m.row_id}",
+        "object": "conversation.message",
+        "created_at": int(m.created_at),
+        "interrupted": m.interrupted,
+    }
+    if m.usage is not None:
+        item["usage"] = m.usage
+    return item
+
+
+def _list(data: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": list(data),
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def _not_found(conversation_id: str) -> NotFound:
+    # The same body whether the id is unknown or belongs to another owner: nothing leaks either way.
+    return NotFound(
+        f"No conversation found with id '{conversation_id}'.", code="conversation_not_found", param="conversation_id"
+    )
