@@ -17,6 +17,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from gateway.catalog import ConversationCatalog
 from gateway.chat import ChatService
 from gateway.config import Config
 from gateway.conversations import ConversationsService
@@ -61,7 +62,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
     app[CHAT] = ChatService(store, UpstreamClient(session, settings), locks)
-    app[CONVERSATIONS] = ConversationsService(store, locks)
+    app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
     try:
         yield
     finally:

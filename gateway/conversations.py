@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.catalog import ConversationCatalog, ConversationInfo, StoredMessage
 from gateway.errors import InvalidRequest, NotFound
 from gateway.ordering import KeyedLocks
-from gateway.store import ConversationInfo, ConversationStore, StoredMessage
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -39,8 +39,8 @@ def parse_page(query: Mapping[str, str], *, default_order: str) -> PageRequest:
 
 
 class ConversationsService:
-    def __init__(self, store: ConversationStore, locks: KeyedLocks) -> None:
-        self._store = store
+    def __init__(self, catalog: ConversationCatalog, locks: KeyedLocks) -> None:
+        self._store = catalog
         self._locks = locks
 
     async def list(self, owner: str, page: PageRequest) -> dict[str, Any]:

@@ -10,8 +10,9 @@ is a few tens of microseconds of CPU with no fsync.  Handing the same work to a 
 of wake-ups per call on the benchmark machine, several times the work itself (see README, Benchmark).  Whenever
 waiting could be needed, the *waiting* path takes over: an aiosqlite connection with the configured busy timeout,
 used when the inline path meets a lock held by another process (the CLI, say), for every write when
-``synchronous = "full"`` (each commit then fsyncs), for migrations and for WAL checkpoints, which the inline
-connection never runs itself (``wal_autocheckpoint = 0``) because they fsync; a background task runs them.
+``synchronous = "full"`` (each commit then fsyncs), for migrations, for the statements of ``gateway.catalog``
+(listing, reading, deleting conversations), and for WAL checkpoints, which the inline connection never runs
+itself (``wal_autocheckpoint = 0``) because they fsync; a background task runs them.
 
 A turn is a single ``INSERT`` into the ``turn_writes`` view, so it is stored whole or not at all.  Recently active
 conversations are also held in a ``HistoryCache``; ``PRAGMA data_version`` on the inline connection (a few
@@ -56,32 +57,6 @@ class Turn:
     usage: dict[str, Any] | None
 
 
-@dataclass(frozen=True)
-class ConversationInfo:
-    """A conversation as the conversations API shows it (``row_id`` is internal, for cursors and joins)."""
-
-    row_id: int
-    external_id: str
-    created_at: float
-    updated_at: float
-    message_count: int
-    model: str | None
-    metadata: dict[str, str]
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    row_id: int
-    seq: int
-    body: Message
-    created_at: float
-    interrupted: bool
-    usage: dict[str, Any] | None
-
-
 _LOAD = """
 SELECT -1 AS seq, system_json FROM conversations WHERE owner = ? AND external_id = ?
 UNION ALL
@@ -95,46 +70,6 @@ INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json
                          prompt_tokens, completion_tokens, cached_tokens)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-
-# Pages of an owner's conversations by recent activity; ties (same updated_at) are broken by the row id.  A page
-# starts after the cursor's (updated_at, id), or at the start when :cursor_id is NULL.
-_LIST_CONVERSATIONS = {
-    "desc": """
-SELECT id, external_id, created_at, updated_at, message_count, model, metadata_json,
-       prompt_tokens, completion_tokens, cached_tokens
-  FROM conversations
- WHERE owner = :owner AND (:cursor_id IS NULL OR (updated_at, id) < (:cursor_updated, :cursor_id))
- ORDER BY updated_at DESC, id DESC LIMIT :limit
-""",
-    "asc": """
-SELECT id, external_id, created_at, updated_at, message_count, model, metadata_json,
-       prompt_tokens, completion_tokens, cached_tokens
-  FROM conversations
- WHERE owner = :owner AND (:cursor_id IS NULL OR (updated_at, id) > (:cursor_updated, :cursor_id))
- ORDER BY updated_at ASC, id ASC LIMIT :limit
-""",
-}
-_GET_CONVERSATION = """
-SELECT id, external_id, created_at, updated_at, message_count, model, metadata_json,
-       prompt_tokens, completion_tokens, cached_tokens
-  FROM conversations WHERE owner = ? AND external_id = ?
-"""
-
-# Pages of one conversation's messages in seq order, after the cursor message's seq.
-_LIST_MESSAGES = {
-    "asc": """
-SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
- WHERE conversation_id = :conversation AND (:cursor_seq IS NULL OR seq > :cursor_seq)
- ORDER BY seq ASC LIMIT :limit
-""",
-    "desc": """
-SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
- WHERE conversation_id = :conversation AND (:cursor_seq IS NULL OR seq < :cursor_seq)
- ORDER BY seq DESC LIMIT :limit
-""",
-}
-_DELETE_CONVERSATION = "DELETE FROM conversations WHERE owner = ? AND external_id = ?"  # messages: ON DELETE CASCADE
-_MESSAGE_SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
 
 # How often the background task folds the WAL back into the database file while there were writes.
 CHECKPOINT_INTERVAL_SECONDS = 1.0
@@ -315,58 +250,23 @@ class ConversationStore:
                 raise
             return cursor
 
-    # Seeing and managing conversations: rare, possibly large reads, so they run on the waiting connection's
-    # thread rather than on the event loop.
+    # For the catalog (gateway.catalog): rare, possibly large reads and single-statement writes, on the waiting
+    # connection's thread rather than on the event loop.
 
-    async def get_conversation(self, owner: str, external_id: str) -> ConversationInfo | None:
-        rows = await self._read(_GET_CONVERSATION, (owner, external_id))
-        return _conversation(rows[0]) if rows else None
-
-    async def list_conversations(
-        self, owner: str, *, limit: int, order: str, cursor: ConversationInfo | None
-    ) -> list[ConversationInfo]:
-        params = {
-            "owner": owner,
-            "limit": limit,
-            "cursor_id": cursor.row_id if cursor else None,
-            "cursor_updated": cursor.updated_at if cursor else None,
-        }
-        return [_conversation(row) for row in await self._read(_LIST_CONVERSATIONS[order], params)]
-
-    async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:
-        rows = await self._read(_MESSAGE_SEQ, (conversation.row_id, message_row_id))
-        return int(rows[0][0]) if rows else None
-
-    async def list_messages(
-        self, conversation: ConversationInfo, *, limit: int, order: str, cursor_seq: int | None
-    ) -> list[StoredMessage]:
-        params = {"conversation": conversation.row_id, "cursor_seq": cursor_seq, "limit": limit}
-        return [
-            StoredMessage(
-                row_id=row[0],
-                seq=row[1],
-                body=loads(row[2]),
-                created_at=row[3],
-                interrupted=bool(row[4]),
-                usage=loads(row[5]) if row[5] else None,
-            )
-            for row in await self._read(_LIST_MESSAGES[order], params)
-        ]
-
-    async def delete_conversation(self, owner: str, external_id: str) -> bool:
-        """Delete a conversation and (by cascade) every message of it; False when there was none."""
-        self._cache.discard((owner, external_id))
-        try:
-            cursor = await self._write_waiting(_DELETE_CONVERSATION, (owner, external_id))
-        except sqlite3.Error as exc:
-            raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
-        return cursor.rowcount > 0
-
-    async def _read(self, sql: str, params: Any) -> list[Any]:
+    async def read(self, sql: str, params: Any) -> list[Any]:
         try:
             return list(await self._waiting.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
+
+    async def write(self, sql: str, params: Any, *, conversation: tuple[str, str]) -> int:
+        """Run one write statement touching ``conversation`` (owner, external id); return the rows changed."""
+        self._cache.discard(conversation)
+        try:
+            cursor = await self._write_waiting(sql, params)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
+        return cursor.rowcount
 
     async def _checkpoint_periodically(self) -> None:
         while True:
@@ -391,21 +291,6 @@ def _memory(rows: list[Any]) -> Memory:
         system=tuple(loads(system_json)) if system_json else None,
         messages=messages,
         replayed=tuple(map(replay, messages)),
-    )
-
-
-def _conversation(row: Any) -> ConversationInfo:
-    return ConversationInfo(
-        row_id=row[0],
-        external_id=row[1],
-        created_at=row[2],
-        updated_at=row[3],
-        message_count=row[4],
-        model=row[5],
-        metadata=loads(row[6]) if row[6] else {},
-        prompt_tokens=row[7],
-        completion_tokens=row[8],
-        cached_tokens=row[9],
     )
 
 
