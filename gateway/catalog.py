@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.protocol import Message, loads
+from gateway.protocol import Message, dumps, loads
 from gateway.store import ConversationStore
 
 
@@ -76,6 +76,7 @@ SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
  ORDER BY seq DESC LIMIT :limit
 """,
 }
+_SET_METADATA = "UPDATE conversations SET metadata_json = ? WHERE owner = ? AND external_id = ?"
 _DELETE_CONVERSATION = "DELETE FROM conversations WHERE owner = ? AND external_id = ?"  # messages: ON DELETE CASCADE
 _MESSAGE_SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
 
@@ -118,6 +119,11 @@ class ConversationCatalog:
             )
             for row in await self._store.read(_LIST_MESSAGES[order], params)
         ]
+
+    async def set_metadata(self, owner: str, external_id: str, metadata: dict[str, str]) -> bool:
+        """Replace a conversation's metadata; False when there is no such conversation."""
+        params = (dumps(metadata), owner, external_id)
+        return await self._store.write(_SET_METADATA, params, conversation=(owner, external_id)) > 0
 
     async def delete_conversation(self, owner: str, external_id: str) -> bool:
         """Delete a conversation and (by cascade) every message of it; False when there was none."""

@@ -17,6 +17,7 @@ from gateway.ordering import KeyedLocks
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 _MESSAGE_ID_PREFIX = "msg_"
 
 
@@ -36,6 +37,23 @@ def parse_page(query: Mapping[str, str], *, default_order: str) -> PageRequest:
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'.", code="invalid_order", param="order")
     return PageRequest(int(raw_limit), order, query.get("after") or None)
+
+
+def parse_metadata(value: Any) -> dict[str, str]:
+    """At most 16 string pairs, keys up to 64 characters, values up to 512 (OpenAI's limits)."""
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA_PAIRS
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        or any(len(k) > MAX_METADATA_KEY or len(v) > MAX_METADATA_VALUE for k, v in value.items())
+    ):
+        raise InvalidRequest(
+            f"'metadata' must be an object of at most {MAX_METADATA_PAIRS} string pairs, keys up to "
+            f"{MAX_METADATA_KEY} and values up to {MAX_METADATA_VALUE} characters.",
+            code="invalid_metadata",
+            param="metadata",
+        )
+    return value
 
 
 class ConversationsService:
@@ -70,6 +88,14 @@ class ConversationsService:
             conversation, limit=page.limit + 1, order=page.order, cursor_seq=cursor_seq
         )
         return _list([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
+
+    async def set_metadata(self, owner: str, conversation_id: str, body: Any) -> dict[str, Any]:
+        """PATCH: replace the metadata (the whole object, as OpenAI's conversations API does)."""
+        metadata = parse_metadata(body.get("metadata") if isinstance(body, dict) else None)
+        async with self._locks.hold((owner, conversation_id)):
+            if not await self._store.set_metadata(owner, conversation_id, metadata):
+                raise _not_found(conversation_id)
+            return conversation_object(await self._existing(owner, conversation_id))
 
     async def delete(self, owner: str, conversation_id: str) -> dict[str, Any]:
         async with self._locks.hold((owner, conversation_id)):

@@ -12,7 +12,7 @@ from gateway.config import Config
 from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.logconfig import note
-from gateway.protocol import dumps, owner_of, parse_chat_body, validate_conversation_id
+from gateway.protocol import dumps, loads, owner_of, parse_chat_body, validate_conversation_id
 from gateway.store import ConversationStore
 
 CONFIG = web.AppKey("config", Config)
@@ -88,6 +88,14 @@ async def list_messages(request: web.Request) -> web.Response:
     return _json(await request.app[CONVERSATIONS].messages(_owner(request), _path_id(request), page))
 
 
+async def patch_conversation(request: web.Request) -> web.Response:
+    try:
+        body = loads(await _read_body(request))
+    except ValueError:
+        raise InvalidRequest("Request body is not valid JSON.", code="invalid_json") from None
+    return _json(await request.app[CONVERSATIONS].set_metadata(_owner(request), _path_id(request), body))
+
+
 async def delete_conversation(request: web.Request) -> web.Response:
     return _json(await request.app[CONVERSATIONS].delete(_owner(request), _path_id(request)))
 
@@ -139,6 +147,7 @@ def add_routes(app: web.Application) -> None:
     # /messages route first.
     app.router.add_get("/v1/conversations/{conversation_id:.+}/messages", list_messages)
     app.router.add_get("/v1/conversations/{conversation_id:.+}", get_conversation)
+    app.router.add_patch("/v1/conversations/{conversation_id:.+}", patch_conversation)
     app.router.add_delete("/v1/conversations/{conversation_id:.+}", delete_conversation)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -157,3 +157,42 @@ async def test_delete_waits_for_the_turn_in_flight(
     async with await delete as resp:
         assert resp.status == 200
     assert gateway.rows("SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_patch_replaces_metadata_and_it_shows_in_lists(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    await _turn(gateway, "tagged", "hi")
+    url = gateway.url + "/v1/conversations/tagged"
+    async with http.patch(url, json={"metadata": {"topic": "phones", "store": "berlin"}}, headers=A) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["metadata"] == {"topic": "phones", "store": "berlin"}
+    async with http.patch(url, json={"metadata": {"topic": "tablets"}}, headers=A) as resp:
+        assert (await resp.json())["metadata"] == {"topic": "tablets"}  # replaced, not merged
+    _, listing = await _get(http, gateway.url + "/v1/conversations")
+    assert listing["data"][0]["metadata"] == {"topic": "tablets"}
+    async with http.patch(url, json={"metadata": {"x": "y"}}, headers=B) as resp:
+        assert resp.status == 404
+    _, still = await _get(http, url)
+    assert still["metadata"] == {"topic": "tablets"} and still["message_count"] == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"metadata": {"k": 1}}',
+        b'{"metadata": ["a"]}',
+        b"{}",
+        b'{"metadata": {"' + b"k" * 65 + b'": "v"}}',
+        b'{"metadata": {"k": "' + b"v" * 513 + b'"}}',
+        b'{"metadata": {' + b",".join(b'"k%d": "v"' % i for i in range(17)) + b"}}",
+        b"not json",
+    ],
+)
+async def test_bad_metadata_is_400_and_changes_nothing(
+    gateway: Gateway, http: aiohttp.ClientSession, body: bytes
+) -> None:
+    await _turn(gateway, "m", "hi")
+    headers = {**A, "Content-Type": "application/json"}
+    async with http.patch(gateway.url + "/v1/conversations/m", data=body, headers=headers) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    assert gateway.rows("SELECT metadata_json FROM conversations") == [(None,)]
