@@ -58,16 +58,16 @@ def parse_metadata(value: Any) -> dict[str, str]:
 
 class ConversationsService:
     def __init__(self, catalog: ConversationCatalog, locks: KeyedLocks) -> None:
-        self._store = catalog
+        self._catalog = catalog
         self._locks = locks
 
     async def list(self, owner: str, page: PageRequest) -> dict[str, Any]:
         cursor = None
         if page.after is not None:
-            cursor = await self._store.get_conversation(owner, page.after)
+            cursor = await self._catalog.get_conversation(owner, page.after)
             if cursor is None:
                 raise InvalidRequest("'after' names no conversation of yours.", code="invalid_cursor", param="after")
-        found = await self._store.list_conversations(owner, limit=page.limit + 1, order=page.order, cursor=cursor)
+        found = await self._catalog.list_conversations(owner, limit=page.limit + 1, order=page.order, cursor=cursor)
         return _list([conversation_object(c) for c in found[: page.limit]], has_more=len(found) > page.limit)
 
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
@@ -78,13 +78,13 @@ class ConversationsService:
         cursor_seq = None
         if page.after is not None:
             row_id = page.after.removeprefix(_MESSAGE_ID_PREFIX)
-            seq = await self._store.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
+            seq = await self._catalog.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
             if seq is None:
                 raise InvalidRequest(
                     "'after' names no message of this conversation.", code="invalid_cursor", param="after"
                 )
             cursor_seq = seq
-        found = await self._store.list_messages(
+        found = await self._catalog.list_messages(
             conversation, limit=page.limit + 1, order=page.order, cursor_seq=cursor_seq
         )
         return _list([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
@@ -93,18 +93,18 @@ class ConversationsService:
         """PATCH: replace the metadata (the whole object, as OpenAI's conversations API does)."""
         metadata = parse_metadata(body.get("metadata") if isinstance(body, dict) else None)
         async with self._locks.hold((owner, conversation_id)):
-            if not await self._store.set_metadata(owner, conversation_id, metadata):
+            if not await self._catalog.set_metadata(owner, conversation_id, metadata):
                 raise _not_found(conversation_id)
             return conversation_object(await self._existing(owner, conversation_id))
 
     async def delete(self, owner: str, conversation_id: str) -> dict[str, Any]:
         async with self._locks.hold((owner, conversation_id)):
-            if not await self._store.delete_conversation(owner, conversation_id):
+            if not await self._catalog.delete_conversation(owner, conversation_id):
                 raise _not_found(conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
     async def _existing(self, owner: str, conversation_id: str) -> ConversationInfo:
-        conversation = await self._store.get_conversation(owner, conversation_id)
+        conversation = await self._catalog.get_conversation(owner, conversation_id)
         if conversation is None:
             raise _not_found(conversation_id)
         return conversation

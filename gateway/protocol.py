@@ -33,12 +33,17 @@ class ChatBody:
     model: str | None
 
 
-def parse_chat_body(raw: bytes) -> ChatBody:
-    """Validate a ``/v1/chat/completions`` body; raise ``InvalidRequest`` with a precise message otherwise."""
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON; ``InvalidRequest`` (invalid_json) naming what is wrong otherwise."""
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
+
+
+def parse_chat_body(raw: bytes) -> ChatBody:
+    """Validate a ``/v1/chat/completions`` body; raise ``InvalidRequest`` with a precise message otherwise."""
+    data = parse_json_body(raw)
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_request")
     messages = data.get("messages")

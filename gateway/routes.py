@@ -12,7 +12,7 @@ from gateway.config import Config
 from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.logconfig import note
-from gateway.protocol import dumps, loads, owner_of, parse_chat_body, validate_conversation_id
+from gateway.protocol import dumps, owner_of, parse_chat_body, parse_json_body, validate_conversation_id
 from gateway.store import ConversationStore
 
 CONFIG = web.AppKey("config", Config)
@@ -89,10 +89,7 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 async def patch_conversation(request: web.Request) -> web.Response:
-    try:
-        body = loads(await _read_body(request))
-    except ValueError:
-        raise InvalidRequest("Request body is not valid JSON.", code="invalid_json") from None
+    body = parse_json_body(await _read_body(request))
     return _json(await request.app[CONVERSATIONS].set_metadata(_owner(request), _path_id(request), body))
 
 

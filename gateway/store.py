@@ -209,12 +209,13 @@ class ConversationStore:
         try:
             self._commit_inline([params for _, params, _ in batch])
         except sqlite3.Error as exc:
-            if len(batch) > 1 and not _is_busy(exc):
+            busy = _is_busy(exc)
+            if len(batch) > 1 and not busy:
                 for item in batch:  # one bad turn must not fail the others
                     self._settle([item])
                 return
             for _, _, future in batch:
-                if _is_busy(exc):
+                if busy:
                     future.set_result(False)
                 else:
                     future.set_exception(exc)
