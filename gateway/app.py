@@ -8,6 +8,7 @@ database.  Nothing here does I/O at import time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -23,6 +24,7 @@ from gateway.config import Config
 from gateway.conversations import ConversationsService
 from gateway.middleware import CanonicalLine, add_request_id, request_context
 from gateway.ordering import KeyedLocks
+from gateway.retention import purge_periodically
 from gateway.routes import CHAT, CONFIG, CONVERSATIONS, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.upstream import UpstreamClient, UpstreamSettings
@@ -63,9 +65,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
     app[CHAT] = ChatService(store, UpstreamClient(session, settings), locks)
     app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
+    purger = None
+    if config.idle_days > 0:
+        purger = asyncio.create_task(purge_periodically(app[CONVERSATIONS], config.idle_days, config.purge_interval))
     try:
         yield
     finally:
+        if purger is not None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
         await session.close()
         await store.close()
         log.info("database_closed", path=str(config.db_path))

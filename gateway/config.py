@@ -66,6 +66,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream.connect_timeout", 5.0, "Seconds to open a connection to the upstream."),
     Setting("upstream.read_timeout", 60.0, "Seconds of upstream silence (before headers or between chunks)."),
     Setting("upstream.pool_size", 100, "Most simultaneous connections to the upstream."),
+    Setting(
+        "retention.idle_days",
+        0.0,
+        "Delete conversations idle longer than this many days, in the server and with `gateway purge` (0: keep).",
+    ),
+    Setting("retention.purge_interval_seconds", 3600.0, "How often the server looks for idle conversations."),
     Setting("log.level", "info", "One of debug, info, warning, error."),
     Setting("log.format", "auto", "'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."),
 )
@@ -87,6 +93,8 @@ class Config:
     connect_timeout: float
     read_timeout: float
     pool_size: int
+    idle_days: float
+    purge_interval: float
     log_level: str
     log_format: str
 
@@ -118,6 +126,17 @@ def _as_seconds(key: str, value: Any) -> float:
             raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
         raise ConfigError(f"{key}: expected a number of seconds in (0, 86400], got {value!r}")
+    return float(value)
+
+
+def _as_days(key: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number of days, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 36500:
+        raise ConfigError(f"{key}: expected a number of days in [0, 36500], got {value!r}")
     return float(value)
 
 
@@ -156,6 +175,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "upstream.connect_timeout": _as_seconds,
     "upstream.read_timeout": _as_seconds,
     "upstream.pool_size": lambda k, v: _as_int(k, v, 1, 10_000),
+    "retention.idle_days": _as_days,
+    "retention.purge_interval_seconds": _as_seconds,
     "log.level": lambda k, v: _choice(k, v, ("debug", "info", "warning", "error")),
     "log.format": lambda k, v: _choice(k, v, ("auto", "json", "console")),
 }
@@ -231,6 +252,8 @@ def load_config(
         connect_timeout=v["upstream.connect_timeout"],
         read_timeout=v["upstream.read_timeout"],
         pool_size=v["upstream.pool_size"],
+        idle_days=v["retention.idle_days"],
+        purge_interval=v["retention.purge_interval_seconds"],
         log_level=v["log.level"],
         log_format=v["log.format"],
     )

@@ -1,24 +1,30 @@
-"""The conversations use case: list, read and delete a caller's stored conversations as OpenAI-style objects.
+"""The conversations use case: list, read, create, edit, rewind, fork, delete and expire stored conversations.
 
 Knows no SQL and no HTTP server types.  Every call is scoped to the caller's owner, and a conversation of another
-owner gets exactly the same ``NotFound`` as one that does not exist.  Deleting takes the same per-conversation
+owner gets exactly the same ``NotFound`` as one that does not exist.  Every change takes the same per-conversation
 ordering as chat turns, so it never lands in the middle of one.
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.catalog import ConversationCatalog, ConversationInfo, StoredMessage
-from gateway.errors import InvalidRequest, NotFound
+from gateway.catalog import ConversationCatalog, ConversationInfo, NewMessage, StoredMessage
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.history import split_system
 from gateway.ordering import KeyedLocks
+from gateway.protocol import validate_conversation_id, validate_messages
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 _MESSAGE_ID_PREFIX = "msg_"
+_ALL_MESSAGES = 1 << 62  # a seq past any conversation's last message
+PURGE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -77,13 +83,7 @@ class ConversationsService:
         conversation = await self._existing(owner, conversation_id)
         cursor_seq = None
         if page.after is not None:
-            row_id = page.after.removeprefix(_MESSAGE_ID_PREFIX)
-            seq = await self._catalog.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
-            if seq is None:
-                raise InvalidRequest(
-                    "'after' names no message of this conversation.", code="invalid_cursor", param="after"
-                )
-            cursor_seq = seq
+            cursor_seq = await self._seq_of(conversation, page.after, "after", "invalid_cursor")
         found = await self._catalog.list_messages(
             conversation, limit=page.limit + 1, order=page.order, cursor_seq=cursor_seq
         )
@@ -102,6 +102,68 @@ class ConversationsService:
             if not await self._catalog.delete_conversation(owner, conversation_id):
                 raise _not_found(conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+    async def create(self, owner: str, body: Any) -> dict[str, Any]:
+        """A new conversation with optional ``id``, ``metadata`` and initial ``messages`` (whose leading system
+        messages become its system prompt, as in a chat turn)."""
+        fields = _fields(body, ("id", "metadata", "messages"))
+        conversation_id = _optional_id(fields, "id")
+        metadata = parse_metadata(fields.get("metadata", {}))
+        system, history = split_system(validate_messages(fields.get("messages", []), allow_empty=True))
+        now = time.time()
+        info = ConversationInfo(0, owner, conversation_id, now, now, 0, None, metadata, 0, 0, 0, system or None)
+        async with self._locks.hold((owner, conversation_id)):
+            if not await self._catalog.create_conversation(info, [NewMessage(m, now) for m in history]):
+                raise _exists(conversation_id, "id")
+            return conversation_object(await self._existing(owner, conversation_id))
+
+    async def rewind(self, owner: str, conversation_id: str, body: Any) -> dict[str, Any]:
+        """Remove the last ``turns`` (default 1) user messages and everything after each."""
+        turns = _fields(body, ("turns",)).get("turns", 1)
+        if isinstance(turns, bool) or not isinstance(turns, int) or not 1 <= turns <= _ALL_MESSAGES:
+            raise InvalidRequest("'turns' must be a positive integer.", code="invalid_turns", param="turns")
+        async with self._locks.hold((owner, conversation_id)):
+            conversation = await self._existing(owner, conversation_id)
+            if await self._catalog.rewind(conversation, turns, time.time()) is None:
+                raise InvalidRequest(
+                    f"The conversation holds fewer than {turns} user turn(s).", code="invalid_turns", param="turns"
+                )
+            return conversation_object(await self._existing(owner, conversation_id))
+
+    async def fork(self, owner: str, conversation_id: str, body: Any) -> dict[str, Any]:
+        """A new conversation holding a copy of this one's history up to and including ``at_message_id``
+        (default: all of it), with ``metadata`` (optional) plus ``forked_from``."""
+        fields = _fields(body, ("new_id", "at_message_id", "metadata"))
+        new_id = _optional_id(fields, "new_id")
+        metadata = parse_metadata({**parse_metadata(fields.get("metadata", {})), "forked_from": conversation_id})
+        async with self._locks.hold_all([(owner, conversation_id), (owner, new_id)]):
+            source = await self._existing(owner, conversation_id)
+            last_seq = _ALL_MESSAGES
+            if fields.get("at_message_id") is not None:
+                last_seq = await self._seq_of(source, fields["at_message_id"], "at_message_id", "invalid_message_id")
+            if not await self._catalog.fork(source, new_id, last_seq=last_seq, metadata=metadata, at=time.time()):
+                raise _exists(new_id, "new_id")
+            return conversation_object(await self._existing(owner, new_id))
+
+    async def purge(self, idle_seconds: float) -> int:
+        """Delete every conversation idle for longer than ``idle_seconds``; return how many went.  Conversations
+        with a turn or edit in flight are left for the next purge."""
+        before, after_row, purged = time.time() - idle_seconds, 0, 0
+        while batch := await self._catalog.idle_conversations(before, after_row, PURGE_BATCH):
+            after_row = batch[-1][0]
+            free = [row for row in batch if not self._locks.busy((row[1], row[2]))]
+            async with self._locks.hold_all((owner, eid) for _, owner, eid in free):
+                purged += await self._catalog.delete_idle(free, before)
+        return purged
+
+    async def _seq_of(self, conversation: ConversationInfo, message_id: Any, param: str, code: str) -> int:
+        row_id = message_id.removeprefix(_MESSAGE_ID_PREFIX) if isinstance(message_id, str) else ""
+        seq = await self._catalog.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
+        if seq is None:
+            raise InvalidRequest(
+                f"'{param}' names no message of this conversation.", code=code, param=param
+            )
+        return seq
 
     async def _existing(self, owner: str, conversation_id: str) -> ConversationInfo:
         conversation = await self._catalog.get_conversation(owner, conversation_id)
@@ -149,6 +211,33 @@ def _list(data: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+def _fields(body: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    """A request body's fields: an object with only ``known`` keys (an empty body is an empty object)."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.", code="invalid_request")
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown field '{unknown[0]}'; expected {', '.join(known)}.", code="unknown_field", param=unknown[0]
+        )
+    return body
+
+
+def _optional_id(fields: dict[str, Any], param: str) -> str:
+    """The conversation id named by ``param``, or a new random one like OpenAI's ``conv_...`` ids."""
+    if fields.get(param) is None:
+        return f"conv_{secrets.token_hex(24)}"
+    return validate_conversation_id(fields[param], param)
+
+
+def _exists(conversation_id: str, param: str) -> Conflict:
+    return Conflict(
+        f"A conversation with id '{conversation_id}' already exists.", code="conversation_exists", param=param
+    )
 
 
 def _not_found(conversation_id: str) -> NotFound:

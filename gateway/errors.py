@@ -46,6 +46,13 @@ class NotFound(GatewayError):
     type = "not_found_error"
 
 
+class Conflict(GatewayError):
+    """The request would create something that already exists."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class StorageUnavailable(GatewayError):
     """The database could not be read or written (locked past the busy timeout, disk full, ...)."""
 

@@ -8,8 +8,8 @@ data whole across processes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Hashable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Hashable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 
 class KeyedLocks:
@@ -31,6 +31,19 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+    @asynccontextmanager
+    async def hold_all(self, keys: Iterable[tuple[str, str]]) -> AsyncIterator[None]:
+        """Hold several keys at once, taken in sorted order so that two holders of overlapping sets never wait
+        for each other in a cycle."""
+        async with AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                await stack.enter_async_context(self.hold(key))
+            yield
+
+    def busy(self, key: Hashable) -> bool:
+        """Whether someone holds or waits for ``key``."""
+        return key in self._locks
 
     def __len__(self) -> int:
         return len(self._locks)

@@ -46,14 +46,25 @@ def parse_chat_body(raw: bytes) -> ChatBody:
     data = parse_json_body(raw)
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_request")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
+    messages = validate_messages(data.get("messages"))
+    model = data.get("model")
+    return ChatBody(
+        fields=data,
+        messages=messages,
+        stream=data.get("stream") is True,
+        model=model if isinstance(model, str) else None,
+    )
+
+
+def validate_messages(value: Any, *, allow_empty: bool = False) -> list[Message]:
+    """A list of message objects, each with a known role; ``InvalidRequest`` naming the first bad one otherwise."""
+    if not isinstance(value, list) or not (value or allow_empty):
         raise InvalidRequest(
-            "'messages' must be a non-empty array of message objects.",
+            f"'messages' must be {'an' if allow_empty else 'a non-empty'} array of message objects.",
             code="invalid_messages",
             param="messages",
         )
-    for index, message in enumerate(messages):
+    for index, message in enumerate(value):
         if not isinstance(message, dict):
             raise InvalidRequest(
                 f"messages[{index}] must be an object.", code="invalid_messages", param=f"messages[{index}]"
@@ -65,22 +76,16 @@ def parse_chat_body(raw: bytes) -> ChatBody:
                 code="invalid_role",
                 param=f"messages[{index}].role",
             )
-    model = data.get("model")
-    return ChatBody(
-        fields=data,
-        messages=messages,
-        stream=data.get("stream") is True,
-        model=model if isinstance(model, str) else None,
-    )
+    return value
 
 
-def validate_conversation_id(value: str) -> str:
+def validate_conversation_id(value: Any, param: str = "X-Conversation-Id") -> str:
     """1-256 printable ASCII characters without spaces (0x21-0x7e)."""
-    if _CONVERSATION_ID.fullmatch(value) is None:
+    if not isinstance(value, str) or _CONVERSATION_ID.fullmatch(value) is None:
         raise InvalidRequest(
-            "X-Conversation-Id must be 1-256 printable ASCII characters without spaces.",
+            f"{param} must be 1-{MAX_CONVERSATION_ID} printable ASCII characters without spaces.",
             code="invalid_conversation_id",
-            param="X-Conversation-Id",
+            param=param,
         )
     return value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -88,13 +89,33 @@ async def list_messages(request: web.Request) -> web.Response:
     return _json(await request.app[CONVERSATIONS].messages(_owner(request), _path_id(request), page))
 
 
+async def create_conversation(request: web.Request) -> web.Response:
+    return _json(await request.app[CONVERSATIONS].create(_owner(request), await _json_body(request)))
+
+
 async def patch_conversation(request: web.Request) -> web.Response:
-    body = parse_json_body(await _read_body(request))
+    body = await _json_body(request)
     return _json(await request.app[CONVERSATIONS].set_metadata(_owner(request), _path_id(request), body))
+
+
+async def rewind_conversation(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return _json(await request.app[CONVERSATIONS].rewind(_owner(request), _path_id(request), body))
+
+
+async def fork_conversation(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return _json(await request.app[CONVERSATIONS].fork(_owner(request), _path_id(request), body))
 
 
 async def delete_conversation(request: web.Request) -> web.Response:
     return _json(await request.app[CONVERSATIONS].delete(_owner(request), _path_id(request)))
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or None when it has none (every field of these bodies is optional)."""
+    raw = await _read_body(request)
+    return parse_json_body(raw) if raw.strip() else None
 
 
 def _owner(request: web.Request) -> str:
@@ -104,7 +125,7 @@ def _owner(request: web.Request) -> str:
 
 
 def _path_id(request: web.Request) -> str:
-    conversation_id = validate_conversation_id(request.match_info["conversation_id"])
+    conversation_id = validate_conversation_id(request.match_info["conversation_id"], "conversation_id")
     note(conversation_id=conversation_id)
     return conversation_id
 
@@ -140,9 +161,12 @@ async def echo_conversation_id(request: web.Request, response: web.StreamRespons
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/conversations", list_conversations)
+    app.router.add_post("/v1/conversations", create_conversation)
     # Ids may hold any printable character, "/" included (sent as %2F): match the rest of the path, and try the
     # /messages route first.
     app.router.add_get("/v1/conversations/{conversation_id:.+}/messages", list_messages)
+    app.router.add_post("/v1/conversations/{conversation_id:.+}/rewind", rewind_conversation)
+    app.router.add_post("/v1/conversations/{conversation_id:.+}/fork", fork_conversation)
     app.router.add_get("/v1/conversations/{conversation_id:.+}", get_conversation)
     app.router.add_patch("/v1/conversations/{conversation_id:.+}", patch_conversation)
     app.router.add_delete("/v1/conversations/{conversation_id:.+}", delete_conversation)

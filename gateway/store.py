@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,24 @@ INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json
                          prompt_tokens, completion_tokens, cached_tokens)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+class Transaction:
+    """Statements of one ``ConversationStore.transaction`` block."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Any = ()) -> int:
+        """Run a write statement; return the number of rows it changed."""
+        cursor = await self._db.execute(sql, params)
+        return cursor.rowcount
+
+    async def execute_many(self, sql: str, rows: Iterable[Any]) -> None:
+        await self._db.executemany(sql, rows)
+
+    async def fetch(self, sql: str, params: Any = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, params))
+
 
 # How often the background task folds the WAL back into the database file while there were writes.
 CHECKPOINT_INTERVAL_SECONDS = 1.0
@@ -246,8 +265,7 @@ class ConversationStore:
                 cursor = await self._waiting.execute(sql, params)
                 await self._waiting.commit()
             except BaseException:
-                if self._waiting.in_transaction:
-                    await self._waiting.rollback()
+                await self._rollback_waiting()
                 raise
             return cursor
 
@@ -262,12 +280,33 @@ class ConversationStore:
 
     async def write(self, sql: str, params: Any, *, conversation: tuple[str, str]) -> int:
         """Run one write statement touching ``conversation`` (owner, external id); return the rows changed."""
-        self._cache.discard(conversation)
-        try:
-            cursor = await self._write_waiting(sql, params)
-        except sqlite3.Error as exc:
-            raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
-        return cursor.rowcount
+        async with self.transaction(conversation) as tx:
+            return await tx.execute(sql, params)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *conversations: tuple[str, str]) -> AsyncIterator[Transaction]:
+        """One write transaction on the waiting connection, committed when the block ends and rolled back when it
+        raises.  ``conversations`` (owner, external id) are the ones it may change: their cached history goes."""
+        for key in conversations:
+            self._cache.discard(key)
+        async with self._write_lock:
+            try:
+                # Explicit, so that reads at the start of the block see the same state the writes change.
+                await self._waiting.execute("BEGIN IMMEDIATE")
+                yield Transaction(self._waiting)
+                await self._waiting.commit()
+            except sqlite3.Error as exc:
+                await self._rollback_waiting()
+                raise StorageUnavailable(
+                    "The conversation store cannot be written.", code="storage_unavailable"
+                ) from exc
+            except BaseException:
+                await self._rollback_waiting()
+                raise
+
+    async def _rollback_waiting(self) -> None:
+        if self._waiting.in_transaction:
+            await self._waiting.rollback()
 
     async def _checkpoint_periodically(self) -> None:
         while True:
