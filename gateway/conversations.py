@@ -160,9 +160,7 @@ class ConversationsService:
         row_id = message_id.removeprefix(_MESSAGE_ID_PREFIX) if isinstance(message_id, str) else ""
         seq = await self._catalog.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
         if seq is None:
-            raise InvalidRequest(
-                f"'{param}' names no message of this conversation.", code=code, param=param
-            )
+            raise InvalidRequest(f"'{param}' names no message of this conversation.", code=code, param=param)
         return seq
 
     async def _existing(self, owner: str, conversation_id: str) -> ConversationInfo:

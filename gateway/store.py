@@ -72,6 +72,7 @@ INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+
 class Transaction:
     """Statements of one ``ConversationStore.transaction`` block."""
 
