@@ -62,8 +62,10 @@ _COLUMNS = """id, owner, external_id, created_at, updated_at, message_count, mod
 # Pages of conversations by recent activity; ties (same updated_at) are broken by the row id.  A page starts
 # after the cursor's (updated_at, id), or at the start when :cursor_id is NULL.  Keyed by (scope, order): scope
 # "owner" is one owner's (the API's view, through the owner index), "operator" every owner whose hash starts with
-# :owner_prefix (the CLI's view).  Statements are composed from constants only.
-_OWNER_SCOPES = {"owner": "owner = :owner", "operator": "substr(owner, 1, length(:owner_prefix)) = :owner_prefix"}
+# :owner_prefix, or with a NULL prefix the owner '' of clients without a credential (the CLI's view).  Statements
+# are composed from constants only.
+_OPERATOR_SCOPE = "(substr(owner, 1, length(:owner_prefix)) = :owner_prefix OR (:owner_prefix IS NULL AND owner = ''))"
+_OWNER_SCOPES = {"owner": "owner = :owner", "operator": _OPERATOR_SCOPE}
 _LIST_CONVERSATIONS = {
     (scope, order): f"""
 SELECT {_COLUMNS}
@@ -75,10 +77,7 @@ SELECT {_COLUMNS}
     for order, op in (("desc", "<"), ("asc", ">"))
 }
 _GET_CONVERSATION = f"SELECT {_COLUMNS} FROM conversations WHERE owner = ? AND external_id = ?"  # noqa: S608
-_FIND_CONVERSATIONS = f"""
-SELECT {_COLUMNS} FROM conversations
- WHERE external_id = :id AND substr(owner, 1, length(:owner_prefix)) = :owner_prefix
-"""  # noqa: S608
+_FIND_CONVERSATIONS = f"SELECT {_COLUMNS} FROM conversations WHERE external_id = :id AND {_OPERATOR_SCOPE}"  # noqa: S608
 
 # Pages of one conversation's messages in seq order, after the cursor message's seq.
 _LIST_MESSAGES = {
@@ -153,15 +152,23 @@ class ConversationCatalog:
         rows = await self._store.read(_GET_CONVERSATION, (owner, external_id))
         return _conversation(rows[0]) if rows else None
 
-    async def find_conversations(self, external_id: str, owner_prefix: str) -> list[ConversationInfo]:
-        """Conversations with this id whose owner starts with ``owner_prefix`` (the CLI names owners by prefix)."""
+    async def find_conversations(self, external_id: str, owner_prefix: str | None) -> list[ConversationInfo]:
+        """Conversations with this id whose owner starts with ``owner_prefix`` (the CLI names owners by prefix;
+        None names the owner '')."""
         rows = await self._store.read(_FIND_CONVERSATIONS, {"id": external_id, "owner_prefix": owner_prefix})
         return [_conversation(row) for row in rows]
 
     async def list_conversations(
-        self, owner: str | None, *, limit: int, order: str, cursor: ConversationInfo | None, owner_prefix: str = ""
+        self,
+        owner: str | None,
+        *,
+        limit: int,
+        order: str,
+        cursor: ConversationInfo | None,
+        owner_prefix: str | None = "",
     ) -> list[ConversationInfo]:
-        """A page of ``owner``'s conversations; with ``owner`` None, of every owner starting with the prefix."""
+        """A page of ``owner``'s conversations; with ``owner`` None, of the owners ``owner_prefix`` names (see
+        ``find_conversations``)."""
         scope = "owner" if owner is not None else "operator"
         params = {
             "owner": owner,

@@ -1,7 +1,10 @@
-"""Command line: ``gateway serve [--config PATH] [--host HOST] [--port PORT] [--db PATH] [--upstream-base-url URL]``.
+"""Command line: ``gateway serve``, ``gateway conversations list|show|export|delete|import`` and ``gateway purge``.
 
-A bad setting, or a database or address that cannot be opened, ends start-up with one line on stderr naming
-the setting and exit status 2, never a traceback.
+``serve [--config PATH] [--host HOST] [--port PORT] [--db PATH] [--upstream-base-url URL]`` runs the server; the
+other commands work on the database file (``--config``, ``--db``), also while a server uses it.  A bad setting,
+or a database or address that cannot be opened, ends with one line on stderr naming the setting and exit status
+2; a command that cannot do what was asked (no such conversation, say) with one line and status 1.  Never a
+traceback.
 """
 
 from __future__ import annotations
@@ -10,13 +13,21 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
+from gateway import admin
 from gateway.app import serve
+from gateway.catalog import ConversationCatalog
 from gateway.config import SETTINGS, Config, ConfigError, load_config
+from gateway.errors import GatewayError
 from gateway.logconfig import configure_logging
+from gateway.transfer import FORMATS, TransferError
 
+EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
+OWNER_HELP = "owner hash or a prefix of it, as logged; 'none' for clients without a credential"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +43,26 @@ def _parser() -> argparse.ArgumentParser:
                 metavar=setting.key.split(".")[-1].upper(),
                 help=f"{setting.help} [{setting.key}, env {setting.env}, default {setting.default}]",
             )
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--config", metavar="PATH", help="config file (default: ./config.toml if present)")
+    database.add_argument("--db", dest="storage.path", metavar="PATH", help="database file [storage.path]")
+    conversations = commands.add_parser("conversations", help="list, show, export, import or delete conversations")
+    actions = conversations.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[database], help="conversations by recent activity")
+    listing.add_argument("--owner", metavar="HASH", help=OWNER_HELP)
+    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    show = actions.add_parser("show", parents=[database], help="a conversation as a readable transcript")
+    export = actions.add_parser("export", parents=[database], help="a conversation as JSON lines on stdout")
+    export.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (exact, default) or openai")
+    delete = actions.add_parser("delete", parents=[database], help="delete conversations and all their messages")
+    for action in (show, export, delete):
+        action.add_argument("ids", nargs="+" if action is delete else 1, metavar="ID", help="conversation id")
+        action.add_argument("--owner", metavar="HASH", help=OWNER_HELP)
+    imports = actions.add_parser("import", parents=[database], help="conversations from an export file")
+    imports.add_argument("file", metavar="FILE", help="export file ('-' for stdin)")
+    imports.add_argument("--owner", metavar="HASH", help="store them under this full owner hash, or 'none'")
+    purge = commands.add_parser("purge", parents=[database], help="delete conversations idle too long")
+    purge.add_argument("--idle-days", type=float, metavar="DAYS", help="instead of retention.idle_days")
     return parser
 
 
@@ -54,11 +85,69 @@ def _run_server(config: Config) -> int:
     return 0
 
 
+def _admin_command(args: dict[str, Any], config: Config) -> Callable[[ConversationCatalog], Awaitable[None]]:
+    """The chosen database command, bound to its arguments."""
+    out = sys.stdout
+    if args["command"] == "purge":
+        idle_days = config.idle_days if args["idle_days"] is None else args["idle_days"]
+        return lambda catalog: admin.purge(catalog, out, idle_days=idle_days)
+    action = args["action"]
+    if action == "import":
+        lines, owner = _read_lines(args["file"]), admin.import_owner(args["owner"])
+        return lambda catalog: admin.import_conversations(catalog, out, lines, owner=owner)
+    owner = admin.owner_filter(args["owner"])
+    if action == "list":
+        return lambda catalog: admin.list_conversations(catalog, out, owner=owner, limit=args["limit"])
+    if action == "show":
+        return lambda catalog: admin.show_conversation(catalog, out, args["ids"][0], owner=owner)
+    if action == "export":
+        fmt = args["format"]
+        return lambda catalog: admin.export_conversation(catalog, out, args["ids"][0], owner=owner, fmt=fmt)
+    return lambda catalog: admin.delete_conversations(catalog, out, args["ids"], owner=owner)
+
+
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise admin.CommandFailed(f"cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise admin.CommandFailed(f"cannot read {path!r}: not UTF-8 text") from None
+
+
+async def _run_admin(config: Config, command: Callable[[ConversationCatalog], Awaitable[None]]) -> None:
+    async with admin.open_catalog(config) as catalog:
+        await command(catalog)
+
+
+def _admin(args: dict[str, Any], config: Config) -> int:
+    if not config.db_path.is_file():  # a mistyped path must not create an empty database
+        return _fail(f"storage.path: no database at {str(config.db_path)!r}")
+    try:
+        asyncio.run(_run_admin(config, _admin_command(args, config)))
+    except (admin.CommandFailed, TransferError) as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except GatewayError as exc:
+        print(f"gateway: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    flags = {key: value for key, value in args.items() if "." in key}
     try:
-        config = load_config(args.pop("config"), flags=args)
+        config = load_config(args.pop("config"), flags=flags)
     except ConfigError as exc:
         return _fail(str(exc))
-    configure_logging(config.log_level, config.log_format, cache=True)
-    return _run_server(config)
+    if command == "serve":
+        configure_logging(config.log_level, config.log_format, cache=True)
+        return _run_server(config)
+    configure_logging("warning", "console", cache=True)
+    return _admin({**args, "command": command}, config)

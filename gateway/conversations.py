@@ -225,11 +225,14 @@ def _fields(body: Any, known: tuple[str, ...]) -> dict[str, Any]:
     return body
 
 
+def new_conversation_id() -> str:
+    """A new random id, shaped like OpenAI's ``conv_...`` ids."""
+    return f"conv_{secrets.token_hex(24)}"
+
+
 def _optional_id(fields: dict[str, Any], param: str) -> str:
-    """The conversation id named by ``param``, or a new random one like OpenAI's ``conv_...`` ids."""
-    if fields.get(param) is None:
-        return f"conv_{secrets.token_hex(24)}"
-    return validate_conversation_id(fields[param], param)
+    """The conversation id named by ``param``, or a new one."""
+    return new_conversation_id() if fields.get(param) is None else validate_conversation_id(fields[param], param)
 
 
 def _exists(conversation_id: str, param: str) -> Conflict:

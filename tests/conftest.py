@@ -123,6 +123,33 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class CliResult:
+    status: int
+    out: str
+    err: str
+
+
+async def run_cli(*args: str, stdin: str | None = None) -> CliResult:
+    """``python -m gateway ARGS`` as a separate process, without blocking the event loop (a gateway under test
+    may be serving on it at the same time)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 30)
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
+
+
 @dataclass
 class GatewayProcess:
     """The gateway as a real separate process (`python -m gateway serve`), for crash and signal tests."""
