@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from gateway import __version__
 from gateway.chat import ChatRequest, ChatService, ClientGone
 from gateway.config import Config
 from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.logconfig import note
+from gateway.openapi import document
 from gateway.protocol import dumps, owner_of, parse_chat_body, parse_json_body, validate_conversation_id
 from gateway.store import ConversationStore
 
@@ -158,6 +160,15 @@ async def echo_conversation_id(request: web.Request, response: web.StreamRespons
         pass
 
 
+def _openapi_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
+    body = dumps(document(__version__)).encode()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/conversations", list_conversations)
@@ -172,4 +183,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/conversations/{conversation_id:.+}", delete_conversation)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", _openapi_handler())
     app.on_response_prepare.append(echo_conversation_id)

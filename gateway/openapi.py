@@ -1,0 +1,260 @@
+"""The OpenAPI 3 document of every route the gateway serves, published at ``GET /openapi.json``.
+
+Written out here rather than derived from handlers (which parse by hand, to stay fast): ``tests/test_openapi.py``
+keeps it true, checking that it names exactly the routes the app serves and running schemathesis against it.
+Limits come from the modules that enforce them, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.conversations import DEFAULT_LIMIT, MAX_LIMIT, MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
+from gateway.protocol import MAX_CONVERSATION_ID, ROLES
+
+JSON = "application/json"
+_CONVERSATION_ID = {"type": "string", "minLength": 1, "maxLength": MAX_CONVERSATION_ID, "pattern": "^[!-~]+$"}
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = (), extra: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": extra}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "Invalid request",
+        404: "No such conversation (of this caller)",
+        409: "The id is taken",
+        413: "Request body too large",
+        503: "The database cannot be used right now",
+    }
+    return {str(status): _json(_ref("Error"), meaning[status]) for status in statuses}
+
+
+def _operation(
+    summary: str, ok: dict[str, Any], *, errors: tuple[int, ...] = (), body: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}, **extra}
+    if body is not None:
+        operation["requestBody"] = {"required": False, "content": {JSON: {"schema": _ref(body)}}}
+    return operation
+
+
+def _page_parameters(default_order: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        },
+        {
+            "name": "order",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["asc", "desc"], "default": default_order},
+        },
+        {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "id of the item before the page"},
+    ]
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {
+            "error": _object(
+                {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": _NULLABLE_STRING,
+                    "code": _NULLABLE_STRING,
+                },
+                ("message", "type", "param", "code"),
+            )
+        },
+        ("error",),
+    ),
+    "Metadata": {
+        "type": "object",
+        "maxProperties": MAX_METADATA_PAIRS,
+        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+        "x-key-max-length": MAX_METADATA_KEY,
+        "description": f"At most {MAX_METADATA_PAIRS} pairs; keys up to {MAX_METADATA_KEY} characters.",
+    },
+    "ChatMessage": _object({"role": {"type": "string", "enum": sorted(ROLES)}}, ("role",), extra=True),
+    "Usage": _object(
+        {
+            "prompt_tokens": {"type": "integer"},
+            "completion_tokens": {"type": "integer"},
+            "cached_tokens": {"type": "integer"},
+        },
+        ("prompt_tokens", "completion_tokens", "cached_tokens"),
+    ),
+    "Conversation": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["conversation"]},
+            "created_at": {"type": "integer"},
+            "updated_at": {"type": "integer"},
+            "message_count": {"type": "integer"},
+            "model": _NULLABLE_STRING,
+            "metadata": _ref("Metadata"),
+            "usage": _ref("Usage"),
+        },
+        ("id", "object", "created_at", "updated_at", "message_count", "model", "metadata", "usage"),
+    ),
+    "StoredMessage": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["conversation.message"]},
+            "role": {"type": "string"},
+            "created_at": {"type": "integer"},
+            "interrupted": {"type": "boolean"},
+            "usage": {"type": "object"},
+        },
+        ("id", "object", "role", "created_at", "interrupted"),
+        extra=True,  # the message's own fields (content, tool_calls, ...) as stored
+    ),
+    "ConversationDeleted": _object(
+        {"id": {"type": "string"}, "object": {"type": "string"}, "deleted": {"type": "boolean"}},
+        ("id", "object", "deleted"),
+    ),
+    "CreateConversation": _object(
+        {
+            "id": _CONVERSATION_ID,
+            "metadata": _ref("Metadata"),
+            "messages": {"type": "array", "items": _ref("ChatMessage")},
+        }
+    ),
+    "UpdateConversation": _object({"metadata": _ref("Metadata")}, ("metadata",)),
+    "Rewind": _object({"turns": {"type": "integer", "minimum": 1, "default": 1}}),
+    "Fork": _object({"new_id": _CONVERSATION_ID, "at_message_id": {"type": "string"}, "metadata": _ref("Metadata")}),
+    "ChatCompletionRequest": _object(
+        {"model": {"type": "string"}, "messages": {"type": "array", "minItems": 1, "items": _ref("ChatMessage")}},
+        ("messages",),
+        extra=True,  # every other field passes through to the upstream unchanged
+    ),
+    "ChatCompletion": {"type": "object", "description": "The upstream's chat completion, unchanged."},
+    "Status": _object({"status": {"type": "string"}, "database": {"type": "string"}}, ("status",)),
+}
+
+
+def _list_of(item: str) -> dict[str, Any]:
+    return _object(
+        {
+            "object": {"type": "string", "enum": ["list"]},
+            "data": {"type": "array", "items": _ref(item)},
+            "first_id": _NULLABLE_STRING,
+            "last_id": _NULLABLE_STRING,
+            "has_more": {"type": "boolean"},
+        },
+        ("object", "data", "first_id", "last_id", "has_more"),
+    )
+
+
+def _paths() -> dict[str, Any]:
+    conversation = _json(_ref("Conversation"), "The conversation")
+    in_path = [{"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID}]
+    chat_ok = {
+        "description": "The upstream's reply: JSON, or server-sent events when the request asked to stream",
+        "content": {JSON: {"schema": _ref("ChatCompletion")}, "text/event-stream": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "Chat completion; with X-Conversation-Id, stored history goes along and the turn is stored",
+                "parameters": [{"name": "X-Conversation-Id", "in": "header", "schema": _CONVERSATION_ID}],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatCompletionRequest")}}},
+                "responses": {
+                    "200": chat_ok,
+                    **_errors(400, 413, 503),
+                    "default": _json(_ref("Error"), "The upstream's error status, or 502/504 when it failed"),
+                },
+            }
+        },
+        "/v1/conversations": {
+            "get": _operation(
+                "The caller's conversations, newest activity first",
+                _json(_list_of("Conversation"), "A page of conversations"),
+                errors=(400, 503),
+                parameters=_page_parameters("desc"),
+            ),
+            "post": _operation(
+                "Create a conversation", conversation, errors=(400, 409, 413, 503), body="CreateConversation"
+            ),
+        },
+        "/v1/conversations/{conversation_id}": {
+            "parameters": in_path,
+            "get": _operation("One conversation", conversation, errors=(400, 404, 503)),
+            "patch": _operation(
+                "Replace its metadata", conversation, errors=(400, 404, 413, 503), body="UpdateConversation"
+            ),
+            "delete": _operation(
+                "Delete it and all its messages",
+                _json(_ref("ConversationDeleted"), "Deleted"),
+                errors=(400, 404, 503),
+            ),
+        },
+        "/v1/conversations/{conversation_id}/messages": {
+            "parameters": in_path,
+            "get": _operation(
+                "Stored messages in order",
+                _json(_list_of("StoredMessage"), "A page of messages"),
+                errors=(400, 404, 503),
+                parameters=_page_parameters("asc"),
+            ),
+        },
+        "/v1/conversations/{conversation_id}/rewind": {
+            "parameters": in_path,
+            "post": _operation(
+                "Remove the last N user turns and everything after each",
+                conversation,
+                errors=(400, 404, 413, 503),
+                body="Rewind",
+            ),
+        },
+        "/v1/conversations/{conversation_id}/fork": {
+            "parameters": in_path,
+            "post": _operation(
+                "A new conversation with a copy of the history up to a message",
+                conversation,
+                errors=(400, 404, 409, 413, 503),
+                body="Fork",
+            ),
+        },
+        "/healthz": {"get": _operation("The process is alive", _json(_ref("Status"), "Alive"))},
+        "/readyz": {
+            "get": {
+                "summary": "The database is reachable",
+                "responses": {"200": _json(_ref("Status"), "Ready"), "503": _json(_ref("Status"), "Not ready")},
+            }
+        },
+        "/openapi.json": {"get": _operation("This document", _json({"type": "object"}, "OpenAPI 3 document"))},
+    }
+
+
+def document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Memory gateway",
+            "version": version,
+            "description": "OpenAI-compatible chat completions with server-side memory, and the API to manage it. "
+            "Every conversation belongs to the caller's bearer credential.",
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": _paths(),
+    }
