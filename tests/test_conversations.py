@@ -97,8 +97,12 @@ async def test_another_owner_gets_the_same_404_as_a_missing_id_and_changes_nothi
             ("GET", f"/v1/conversations/{conversation}"),
             ("GET", f"/v1/conversations/{conversation}/messages"),
             ("DELETE", f"/v1/conversations/{conversation}"),
+            ("PATCH", f"/v1/conversations/{conversation}"),
+            ("POST", f"/v1/conversations/{conversation}/rewind"),
+            ("POST", f"/v1/conversations/{conversation}/fork"),
         ):
-            async with http.request(method, gateway.url + path, headers=B) as resp:
+            body = {"metadata": {"k": "v"}} if method == "PATCH" else None
+            async with http.request(method, gateway.url + path, headers=B, json=body) as resp:
                 body = await resp.json()
                 answers.append((resp.status, body["error"]["type"], body["error"]["code"]))
                 if conversation == "private":
@@ -107,6 +111,7 @@ async def test_another_owner_gets_the_same_404_as_a_missing_id_and_changes_nothi
     _, listing = await _get(http, gateway.url + "/v1/conversations", headers=B)
     assert listing["data"] == []
     assert gateway.rows("SELECT * FROM messages ORDER BY id") == before
+    assert gateway.rows("SELECT external_id, metadata_json FROM conversations") == [("private", None)]
 
 
 @pytest.mark.parametrize(
