@@ -118,26 +118,26 @@ def _as_int(key: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _as_seconds(key: str, value: Any) -> float:
+def _as_number(key: str, value: Any, unit: str, low: float, high: float, *, zero: bool) -> float:
+    """A number of ``unit`` in (low, high], or [low, high] when ``zero`` allows the lower bound itself."""
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
-        raise ConfigError(f"{key}: expected a number of seconds in (0, 86400], got {value!r}")
+            raise ConfigError(f"{key}: expected a number of {unit}, got {value!r}") from None
+    in_range = isinstance(value, int | float) and (low <= value if zero else low < value) and value <= high
+    if isinstance(value, bool) or not in_range:
+        bounds = f"{'[' if zero else '('}{low:g}, {high:g}]"
+        raise ConfigError(f"{key}: expected a number of {unit} in {bounds}, got {value!r}")
     return float(value)
+
+
+def _as_seconds(key: str, value: Any) -> float:
+    return _as_number(key, value, "seconds", 0, 86400, zero=False)
 
 
 def _as_days(key: str, value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number of days, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 36500:
-        raise ConfigError(f"{key}: expected a number of days in [0, 36500], got {value!r}")
-    return float(value)
+    return _as_number(key, value, "days", 0, 36500, zero=True)
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

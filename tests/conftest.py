@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from gateway.app import start
 from gateway.config import Config, load_config
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,6 +122,28 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[str]:
         for line in text.replace("\r\n", "\n").split("\n")
         if line.startswith("data:")
     ]
+
+
+@asynccontextmanager
+async def turn_in_flight(
+    gateway: Gateway, upstream: FakeUpstream, conversation: str, text: str, api_key: str = "key-a"
+) -> AsyncIterator[None]:
+    """A streamed turn on ``conversation`` that is under way for the body of the block, then finishes."""
+    gate = asyncio.Event()
+    upstream.script(Script(gate=gate))
+    headers = {"Authorization": f"Bearer {api_key}", "X-Conversation-Id": conversation}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + "/v1/chat/completions", json=chat_body(user(text), stream=True), headers=headers
+        ) as stream,
+    ):
+        await stream.content.readline()  # the first chunk arrived: the turn holds its conversation
+        try:
+            yield
+        finally:
+            gate.set()
+            await stream.read()
 
 
 @dataclass(frozen=True)

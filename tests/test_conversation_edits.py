@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.routes import CONVERSATIONS
-from tests.conftest import Gateway, chat_body, make_config, start_gateway, user
+from tests.conftest import Gateway, make_config, start_gateway, turn_in_flight, user
 from tests.fake_upstream import FakeUpstream, Script
 
 A = {"Authorization": "Bearer key-a"}
@@ -200,18 +200,10 @@ async def test_rewind_waits_for_the_turn_in_flight(
     gateway: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     await _turn(gateway, "busy", "first")
-    gate = asyncio.Event()
-    upstream.script(Script(gate=gate, content="a long answer"))
-    headers = {**A, "X-Conversation-Id": "busy"}
-    async with http.post(
-        gateway.url + "/v1/chat/completions", json=chat_body(user("second"), stream=True), headers=headers
-    ) as stream:
-        await stream.content.readline()
+    async with turn_in_flight(gateway, upstream, "busy", "second"):
         rewind = asyncio.create_task(_post(http, gateway.url + "/v1/conversations/busy/rewind"))
         await asyncio.sleep(0.2)
         assert not rewind.done()
-        gate.set()
-        await stream.read()
     status, rewound = await rewind
     assert status == 200 and rewound["message_count"] == 2  # it removed the turn that was in flight
     assert _contents(await _messages(http, gateway, "busy")) == ["first", "reply 1"]
@@ -252,15 +244,7 @@ async def test_purge_skips_a_conversation_with_a_turn_in_flight(
     await _turn(gateway, "old", "first")
     for name in ("old-but-busy", "old"):
         _backdate(gateway.db_path, name, 30)
-    gate = asyncio.Event()
-    upstream.script(Script(gate=gate))
-    headers = {**A, "X-Conversation-Id": "old-but-busy"}
-    async with http.post(
-        gateway.url + "/v1/chat/completions", json=chat_body(user("second"), stream=True), headers=headers
-    ) as stream:
-        await stream.content.readline()
+    async with turn_in_flight(gateway, upstream, "old-but-busy", "second"):
         assert await gateway.runner.app[CONVERSATIONS].purge(86400) == 1
-        gate.set()
-        await stream.read()
     assert _contents(await _messages(http, gateway, "old-but-busy")) == ["first", "reply 1", "second", "reply 3"]
     assert gateway.rows("SELECT external_id FROM conversations") == [("old-but-busy",)]

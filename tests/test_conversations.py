@@ -9,8 +9,8 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway, chat_body, user
-from tests.fake_upstream import FakeUpstream, Script
+from tests.conftest import Gateway, turn_in_flight, user
+from tests.fake_upstream import FakeUpstream
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
@@ -147,18 +147,10 @@ async def test_ids_with_slashes_and_spaces_rejected(gateway: Gateway, http: aioh
 async def test_delete_waits_for_the_turn_in_flight(
     gateway: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    gate = asyncio.Event()
-    upstream.script(Script(gate=gate, content="a long answer"))
-    headers = {**A, "X-Conversation-Id": "busy"}
-    async with http.post(
-        gateway.url + "/v1/chat/completions", json=chat_body(user("hi"), stream=True), headers=headers
-    ) as stream:
-        await stream.content.readline()  # the turn is under way
+    async with turn_in_flight(gateway, upstream, "busy", "hi"):
         delete = asyncio.create_task(http.delete(gateway.url + "/v1/conversations/busy", headers=A))
         await asyncio.sleep(0.2)
         assert not delete.done()  # ordered behind the turn, not interleaved with it
-        gate.set()
-        await stream.read()
     async with await delete as resp:
         assert resp.status == 200
     assert gateway.rows("SELECT count(*) FROM messages") == [(0,)]
