@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     actions = conversations.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", parents=[database], help="conversations by recent activity")
     listing.add_argument("--owner", metavar="HASH", help=OWNER_HELP)
-    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    listing.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N (default 50)")
     show = actions.add_parser("show", parents=[database], help="a conversation as a readable transcript")
     export = actions.add_parser("export", parents=[database], help="a conversation as JSON lines on stdout")
     export.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (exact, default) or openai")
@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     purge = commands.add_parser("purge", parents=[database], help="delete conversations idle too long")
     purge.add_argument("--idle-days", type=float, metavar="DAYS", help="instead of retention.idle_days")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _fail(message: str) -> int:
