@@ -1,4 +1,5 @@
-"""Operator commands over the database file: list, show, export, import and delete conversations, and purge.
+"""Operator commands over the database file: conversations (list, show, export, import, delete), purge, and
+gateway keys (create, list, revoke).
 
 They open the same SQLite file as the server, which may be running: their writes wait out the server's lock for
 the configured busy timeout, and the server notices them through ``PRAGMA data_version`` and drops what it had
@@ -9,6 +10,7 @@ an id held by several owners must be told apart with ``--owner``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +20,7 @@ from typing import Any, TextIO
 from gateway.catalog import ConversationCatalog, ConversationInfo, StoredMessage
 from gateway.config import Config
 from gateway.conversations import ConversationsService, new_conversation_id
+from gateway.keys import KeyStore, valid_tenant
 from gateway.ordering import KeyedLocks
 from gateway.protocol import dumps
 from gateway.retention import SECONDS_PER_DAY
@@ -52,12 +55,12 @@ def import_owner(value: str | None) -> str | None:
 
 
 @asynccontextmanager
-async def open_catalog(config: Config) -> AsyncIterator[ConversationCatalog]:
+async def open_store(config: Config) -> AsyncIterator[ConversationStore]:
     store = await ConversationStore.open(
         config.db_path, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
     )
     try:
-        yield ConversationCatalog(store)
+        yield store
     finally:
         await store.close()
 
@@ -66,9 +69,7 @@ async def list_conversations(catalog: ConversationCatalog, out: TextIO, *, owner
     found = await catalog.list_conversations(None, limit=limit, order="desc", cursor=None, owner_prefix=owner)
     rows = [("OWNER", "ID", "MESSAGES", "UPDATED", "MODEL")]
     rows += [(_owner(c.owner), c.external_id, str(c.message_count), _time(c.updated_at), c.model or "-") for c in found]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]), file=out)
+    _table(out, rows)
 
 
 async def show_conversation(
@@ -114,6 +115,39 @@ async def purge(catalog: ConversationCatalog, out: TextIO, *, idle_days: float) 
         return
     purged = await ConversationsService(catalog, KeyedLocks()).purge(idle_days * SECONDS_PER_DAY)
     print(f"purged {purged} conversation(s) idle for more than {idle_days:g} day(s)", file=out)
+
+
+async def create_key(keys: KeyStore, out: TextIO, *, tenant: str, name: str | None, admin: bool) -> None:
+    if not valid_tenant(tenant):
+        raise CommandFailed(
+            f"--tenant: 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {tenant!r}"
+        )
+    secret, key = await keys.create(tenant, name, admin)
+    print(secret, file=out)
+    role = "admin key" if admin else "key"
+    print(f"{role} {key.id} for tenant {tenant}: shown once, only its hash is stored", file=sys.stderr)
+
+
+async def list_keys(keys: KeyStore, out: TextIO) -> None:
+    rows = [("ID", "TENANT", "NAME", "ADMIN", "CREATED", "REVOKED")]
+    rows += [
+        (
+            k.id,
+            k.tenant,
+            k.name or "-",
+            "yes" if k.admin else "no",
+            _time(k.created_at),
+            _time(k.revoked_at) if k.revoked_at is not None else "-",
+        )
+        for k in await keys.list()
+    ]
+    _table(out, rows)
+
+
+async def revoke_key(keys: KeyStore, out: TextIO, key_id: str) -> None:
+    if not await keys.revoke(key_id):
+        raise CommandFailed(f"no unrevoked key {key_id!r}")
+    print(f"revoked {key_id}", file=out)
 
 
 def transcript(info: ConversationInfo, messages: Sequence[StoredMessage]) -> list[str]:
@@ -167,6 +201,12 @@ async def _one(catalog: ConversationCatalog, conversation_id: str, owner: str | 
 
 def _owner(owner: str) -> str:
     return owner[:OWNER_SHOWN] or NO_OWNER
+
+
+def _table(out: TextIO, rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]), file=out)
 
 
 def _time(timestamp: float) -> str:

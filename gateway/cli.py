@@ -22,7 +22,9 @@ from gateway.app import serve
 from gateway.catalog import ConversationCatalog
 from gateway.config import SETTINGS, Config, ConfigError, load_config
 from gateway.errors import GatewayError
+from gateway.keys import KeyStore
 from gateway.logconfig import configure_logging
+from gateway.store import ConversationStore
 from gateway.transfer import FORMATS, TransferError
 
 EXIT_FAILED = 1
@@ -63,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--owner", metavar="HASH", help="store them under this full owner hash, or 'none'")
     purge = commands.add_parser("purge", parents=[database], help="delete conversations idle too long")
     purge.add_argument("--idle-days", type=float, metavar="DAYS", help="instead of retention.idle_days")
+    keys = commands.add_parser("keys", help="create, list or revoke gateway keys")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", parents=[database], help="a new key, printed once")
+    create.add_argument("--tenant", required=True, metavar="NAME", help="the tenant whose conversations it opens")
+    create.add_argument("--name", metavar="LABEL", help="a label to tell keys apart")
+    create.add_argument("--admin", action="store_true", help="may manage every tenant's conversations (?tenant=)")
+    key_actions.add_parser("list", parents=[database], help="every key, without secrets")
+    revoke = key_actions.add_parser("revoke", parents=[database], help="revoke a key for good")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_...), as listed")
     return parser
 
 
@@ -91,25 +102,34 @@ def _run_server(config: Config) -> int:
     return 0
 
 
-def _admin_command(args: dict[str, Any], config: Config) -> Callable[[ConversationCatalog], Awaitable[None]]:
+def _admin_command(args: dict[str, Any], config: Config) -> Callable[[ConversationStore], Awaitable[None]]:
     """The chosen database command, bound to its arguments."""
-    out = sys.stdout
-    if args["command"] == "purge":
+    out, command, action = sys.stdout, args["command"], args.get("action")
+    if command == "purge":
         idle_days = config.idle_days if args["idle_days"] is None else args["idle_days"]
-        return lambda catalog: admin.purge(catalog, out, idle_days=idle_days)
-    action = args["action"]
+        return lambda store: admin.purge(ConversationCatalog(store), out, idle_days=idle_days)
+    if command == "keys":
+        if action == "create":
+            return lambda store: admin.create_key(
+                KeyStore(store), out, tenant=args["tenant"], name=args["name"], admin=args["admin"]
+            )
+        if action == "list":
+            return lambda store: admin.list_keys(KeyStore(store), out)
+        return lambda store: admin.revoke_key(KeyStore(store), out, args["key_id"])
     if action == "import":
         lines, owner = _read_lines(args["file"]), admin.import_owner(args["owner"])
-        return lambda catalog: admin.import_conversations(catalog, out, lines, owner=owner)
+        return lambda store: admin.import_conversations(ConversationCatalog(store), out, lines, owner=owner)
     owner = admin.owner_filter(args["owner"])
     if action == "list":
-        return lambda catalog: admin.list_conversations(catalog, out, owner=owner, limit=args["limit"])
+        return lambda store: admin.list_conversations(ConversationCatalog(store), out, owner=owner, limit=args["limit"])
     if action == "show":
-        return lambda catalog: admin.show_conversation(catalog, out, args["ids"][0], owner=owner)
+        return lambda store: admin.show_conversation(ConversationCatalog(store), out, args["ids"][0], owner=owner)
     if action == "export":
         fmt = args["format"]
-        return lambda catalog: admin.export_conversation(catalog, out, args["ids"][0], owner=owner, fmt=fmt)
-    return lambda catalog: admin.delete_conversations(catalog, out, args["ids"], owner=owner)
+        return lambda store: admin.export_conversation(
+            ConversationCatalog(store), out, args["ids"][0], owner=owner, fmt=fmt
+        )
+    return lambda store: admin.delete_conversations(ConversationCatalog(store), out, args["ids"], owner=owner)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -123,13 +143,14 @@ def _read_lines(path: str) -> list[str]:
         raise admin.CommandFailed(f"cannot read {path!r}: not UTF-8 text") from None
 
 
-async def _run_admin(config: Config, command: Callable[[ConversationCatalog], Awaitable[None]]) -> None:
-    async with admin.open_catalog(config) as catalog:
-        await command(catalog)
+async def _run_admin(config: Config, command: Callable[[ConversationStore], Awaitable[None]]) -> None:
+    async with admin.open_store(config) as store:
+        await command(store)
 
 
 def _admin(args: dict[str, Any], config: Config) -> int:
-    if not config.db_path.is_file():  # a mistyped path must not create an empty database
+    command = args["command"]
+    if not config.db_path.is_file() and command != "keys":  # a mistyped path must not create an empty database
         return _fail(f"storage.path: no database at {str(config.db_path)!r}")
     try:
         asyncio.run(_run_admin(config, _admin_command(args, config)))

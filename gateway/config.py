@@ -72,9 +72,35 @@ SETTINGS: tuple[Setting, ...] = (
         "Delete conversations idle longer than this many days, in the server and with `gateway purge` (0: keep).",
     ),
     Setting("retention.purge_interval_seconds", 3600.0, "How often the server looks for idle conversations."),
+    Setting(
+        "auth.mode",
+        "auto",
+        "'open' (owner = hash of the client's credential), 'keys' (gateway keys required), or 'auto' (keys once any "
+        "gateway key exists).",
+    ),
+    Setting(
+        "auth.allow_open",
+        False,
+        "Allow open mode on a non-loopback address while holding an upstream key (anyone reaching it spends it).",
+    ),
+    Setting("limits.concurrent_requests", 0, "Requests one key may have in flight at once (0: no limit)."),
+    Setting("limits.requests_per_minute", 0, "Requests one key may start in any 60 seconds (0: no limit)."),
+    Setting("limits.max_messages", 2048, "Most messages in one chat request; more gets 400."),
+    Setting("limits.max_header_bytes", 16384, "Largest request header line (name and value); larger gets 431."),
     Setting("log.level", "info", "One of debug, info, warning, error."),
     Setting("log.format", "auto", "'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."),
 )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key request limits (0: none)."""
+
+    concurrent_requests: int
+    requests_per_minute: int
+
+
+TENANT_LIMITS = ("concurrent_requests", "requests_per_minute")  # what a [tenants.NAME] table may set
 
 
 @dataclass(frozen=True)
@@ -95,8 +121,18 @@ class Config:
     pool_size: int
     idle_days: float
     purge_interval: float
+    auth_mode: str
+    allow_open: bool
+    max_messages: int
+    max_header_bytes: int
     log_level: str
     log_format: str
+    default_limits: Limits
+    tenant_limits: Mapping[str, Limits]  # [tenants.NAME] overrides, already merged with the defaults
+
+    def limits_for(self, tenant: str | None) -> Limits:
+        """The limits of a tenant's keys (or of a credential without a tenant, in open mode)."""
+        return self.tenant_limits.get(tenant, self.default_limits) if tenant is not None else self.default_limits
 
 
 def _as_str(key: str, value: Any) -> str:
@@ -140,6 +176,14 @@ def _as_days(key: str, value: Any) -> float:
     return _as_number(key, value, "days", 0, 36500, zero=True)
 
 
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     text = _as_str(key, value).lower()
     if text not in choices:
@@ -177,12 +221,19 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "upstream.pool_size": lambda k, v: _as_int(k, v, 1, 10_000),
     "retention.idle_days": _as_days,
     "retention.purge_interval_seconds": _as_seconds,
+    "auth.mode": lambda k, v: _choice(k, v, ("auto", "open", "keys")),
+    "auth.allow_open": _as_bool,
+    "limits.concurrent_requests": lambda k, v: _as_int(k, v, 0, 1_000_000),
+    "limits.requests_per_minute": lambda k, v: _as_int(k, v, 0, 100_000_000),
+    "limits.max_messages": lambda k, v: _as_int(k, v, 1, 1_000_000),
+    "limits.max_header_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 20),
     "log.level": lambda k, v: _choice(k, v, ("debug", "info", "warning", "error")),
     "log.format": lambda k, v: _choice(k, v, ("auto", "json", "console")),
 }
 
 
-def _flatten_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The file's settings as dotted keys, and its ``[tenants.NAME]`` tables."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -195,12 +246,30 @@ def _flatten_toml(path: Path) -> dict[str, Any]:
     for section, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: expected a [{section}] table in {str(path)!r}")
+        if section == "tenants":
+            continue
         for name, value in table.items():
             key = f"{section}.{name}"
             if key not in known:
                 raise ConfigError(f"{key}: unknown setting in {str(path)!r}")
             flat[key] = value
-    return flat
+    return flat, data.get("tenants", {})
+
+
+def _tenant_limits(tables: dict[str, Any], defaults: Limits) -> dict[str, Limits]:
+    """``[tenants.NAME]`` tables over the default limits."""
+    limits = {}
+    for tenant, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"tenants.{tenant}: expected a [tenants.{tenant}] table")
+        values = {name: getattr(defaults, name) for name in TENANT_LIMITS}
+        for name, value in table.items():
+            key = f"tenants.{tenant}.{name}"
+            if name not in TENANT_LIMITS:
+                raise ConfigError(f"{key}: unknown setting (a tenant may set {', '.join(TENANT_LIMITS)})")
+            values[name] = _VALIDATORS[f"limits.{name}"](key, value)
+        limits[tenant] = Limits(**values)
+    return limits
 
 
 def load_config(
@@ -221,8 +290,9 @@ def load_config(
         raise ConfigError(f"config file {str(path)!r}: not found")
     values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
     sources: dict[str, str] = {}
+    tenants: dict[str, dict[str, Any]] = {}
     if path.is_file():
-        file_values = _flatten_toml(path)
+        file_values, tenants = _read_toml(path)
         values.update(file_values)
         sources.update({key: str(path) for key in file_values})
     for setting in SETTINGS:
@@ -239,6 +309,7 @@ def load_config(
         except ConfigError as exc:
             source = f" (from {sources[key]})" if key in sources else ""
             raise ConfigError(str(exc).replace(f"{key}:", f"{key}{source}:", 1)) from None
+    defaults = Limits(v["limits.concurrent_requests"], v["limits.requests_per_minute"])
     return Config(
         host=v["server.host"],
         port=v["server.port"],
@@ -254,6 +325,12 @@ def load_config(
         pool_size=v["upstream.pool_size"],
         idle_days=v["retention.idle_days"],
         purge_interval=v["retention.purge_interval_seconds"],
+        auth_mode=v["auth.mode"],
+        allow_open=v["auth.allow_open"],
+        max_messages=v["limits.max_messages"],
+        max_header_bytes=v["limits.max_header_bytes"],
         log_level=v["log.level"],
         log_format=v["log.format"],
+        default_limits=defaults,
+        tenant_limits=_tenant_limits(tenants, defaults),
     )

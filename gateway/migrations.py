@@ -101,7 +101,29 @@ async def m003_conversation_metadata(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE conversations ADD COLUMN metadata_json TEXT")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_conversations_and_messages, m002_turn_writes, m003_conversation_metadata)
+async def m004_gateway_keys(db: aiosqlite.Connection) -> None:
+    # Only the SHA-256 of a key is kept; the key itself is shown once, when created.
+    await db.execute(
+        """
+        CREATE TABLE gateway_keys (
+            id         TEXT PRIMARY KEY,
+            key_hash   TEXT NOT NULL UNIQUE,
+            tenant     TEXT NOT NULL,
+            name       TEXT,
+            admin      INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    m001_conversations_and_messages,
+    m002_turn_writes,
+    m003_conversation_metadata,
+    m004_gateway_keys,
+)
 
 
 async def migrate(db: aiosqlite.Connection) -> list[str]:

@@ -105,6 +105,7 @@ class ConversationStore:
         self._cache = HistoryCache(cache_messages)
         self._data_version: int | None = None
         self._version_checked = False
+        self._generation = 0
         self._write_lock = asyncio.Lock()  # one open transaction at a time on the waiting connection
         self._dirty = False
         self._batch: list[tuple[Turn, tuple[Any, ...], asyncio.Future[bool]]] = []
@@ -178,8 +179,18 @@ class ConversationStore:
         if version != self._data_version:
             self._cache.clear()
             self._data_version = version
+            self._generation += 1
         self._version_checked = True
         asyncio.get_running_loop().call_soon(self._forget_version_check)
+
+    def generation(self) -> int:
+        """A number that changes whenever another connection may have written to the database since the last
+        call (the CLI revoking a key, say): what is held in memory from it must be read again."""
+        try:
+            self._drop_cache_if_written_elsewhere()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
+        return self._generation
 
     def _forget_version_check(self) -> None:
         self._version_checked = False
