@@ -4,8 +4,8 @@ gateway keys (create, list, revoke).
 They open the same SQLite file as the server, which may be running: their writes wait out the server's lock for
 the configured busy timeout, and the server notices them through ``PRAGMA data_version`` and drops what it had
 cached.  They run the same catalog SQL as the conversations API, but across owners: an owner is named by its hash
-or a prefix of it (the log lines show the first 12 characters), or ``none`` for clients without a credential, and
-an id held by several owners must be told apart with ``--owner``.
+or a prefix of it (the log lines show the first 12 characters), a tenant as ``tenant:NAME`` (keys mode), or
+``none`` for clients without a credential, and an id held by several owners must be told apart with ``--owner``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from gateway.transfer import export_lines, parse_import
 
 OWNER_SHOWN = 12  # characters of an owner hash shown in listings, as in the log lines
 NO_OWNER = "none"  # how the CLI names the owner of clients without a credential (hashes never hold an "n")
-_HEX = frozenset("0123456789abcdef")
 
 
 class CommandFailed(Exception):
@@ -42,8 +41,8 @@ def owner_filter(value: str | None) -> str | None:
         return ""
     if value == NO_OWNER:
         return None
-    if not value or not set(value) <= _HEX:
-        raise CommandFailed(f"--owner: expected an owner hash or a prefix of it (hex), or {NO_OWNER!r}; got {value!r}")
+    if not value:
+        raise CommandFailed(f"--owner: expected an owner hash or a prefix of it, tenant:NAME, or {NO_OWNER!r}")
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -18,11 +19,21 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from gateway.access import Gatekeeper, Limiter
 from gateway.catalog import ConversationCatalog
 from gateway.chat import ChatService
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.conversations import ConversationsService
-from gateway.middleware import CanonicalLine, add_request_id, request_context
+from gateway.keys import KeyRing, KeyStore
+from gateway.middleware import (
+    GATEKEEPER,
+    LIMITER,
+    MAX_HEADER_BYTES,
+    CanonicalLine,
+    access_control,
+    add_request_id,
+    request_context,
+)
 from gateway.ordering import KeyedLocks
 from gateway.retention import purge_periodically
 from gateway.routes import CHAT, CONFIG, CONVERSATIONS, STORE, add_routes
@@ -36,8 +47,9 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context, access_control])
     app[CONFIG] = config
+    app[MAX_HEADER_BYTES] = config.max_header_bytes
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_request_id)
     add_routes(app)
@@ -53,6 +65,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         cache_messages=config.cache_messages,
     )
     log.info("database_opened", path=str(config.db_path))
+    gatekeeper = Gatekeeper(config, KeyRing(KeyStore(store), store))
+    try:
+        await _refuse_unsafe_open_mode(config, gatekeeper)
+    except BaseException:
+        await store.close()
+        raise
+    app[GATEKEEPER], app[LIMITER] = gatekeeper, Limiter(config)
     settings = UpstreamSettings(
         base_url=config.upstream_base_url,
         api_key=config.upstream_api_key,
@@ -80,6 +99,27 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.info("database_closed", path=str(config.db_path))
 
 
+async def _refuse_unsafe_open_mode(config: Config, gatekeeper: Gatekeeper) -> None:
+    keys_mode = await gatekeeper.keys_mode()
+    log.info("auth_mode", mode=config.auth_mode, keys_required=keys_mode)
+    if keys_mode or not config.upstream_api_key or config.allow_open or _is_loopback(config.host):
+        return
+    raise ConfigError(
+        f"auth.allow_open: refusing to serve in open mode on {config.host} while holding an upstream key: anyone "
+        "who reaches this address could spend it. Create a gateway key (gateway keys create --tenant NAME), set "
+        'auth.mode = "keys", listen on a loopback address, or set auth.allow_open = true to accept this.'
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 async def start(config: Config) -> tuple[web.AppRunner, int]:
     """Start serving; return the runner and the bound port (useful when the configured port is 0)."""
     runner = web.AppRunner(
@@ -88,6 +128,10 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
         access_log_class=CanonicalLine,  # the canonical request line, written once the response is sent
         access_log=logging.getLogger("gateway.access"),  # unused by CanonicalLine; aiohttp needs a logger here
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        # Room above limits.max_header_bytes, so that the access middleware answers an oversized header with a
+        # JSON 431 instead of aiohttp's parser with a plain-text 400.
+        max_line_size=4 * config.max_header_bytes,
+        max_field_size=4 * config.max_header_bytes,
     )
     await runner.setup()
     try:

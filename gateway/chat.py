@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.errors import GatewayError, UpstreamHTTPError, UpstreamInvalidResponse
+from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamHTTPError, UpstreamInvalidResponse
 from gateway.history import plan_turn
 from gateway.logconfig import note
 from gateway.ordering import KeyedLocks
@@ -95,6 +95,12 @@ class ChatService:
         ) as response:
             note(upstream_status=response.status, upstream_ms=round((time.perf_counter() - started) * 1000, 1))
             if response.status >= 400:
+                if response.status in (401, 403) and self._upstream.uses_own_key:
+                    # The body may quote the gateway's key; clients get neither it nor a status that blames them.
+                    log.error("upstream_rejected_gateway_key", upstream_status=response.status)
+                    raise UpstreamAuthFailed(
+                        "The upstream rejected the gateway's credentials.", code="upstream_auth_failed"
+                    )
                 raise UpstreamHTTPError(response.status, await response.read(), response.headers)
             if response.is_event_stream:
                 await self._relay_stream(response, channel, memory)

@@ -91,6 +91,8 @@ def _fail(message: str) -> int:
 def _run_server(config: Config) -> int:
     try:
         asyncio.run(serve(config))
+    except ConfigError as exc:
+        return _fail(str(exc))
     except sqlite3.Error as exc:
         return _fail(f"storage.path: cannot open database {str(config.db_path)!r}: {exc}")
     except OSError as exc:

@@ -41,6 +41,30 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
 
 
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "invalid_request_error"  # as OpenAI answers a bad key
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, code: str, retry_after: int) -> None:
+        super().__init__(message, code=code)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
@@ -74,6 +98,13 @@ class UpstreamTimeout(GatewayError):
 
 class UpstreamInvalidResponse(GatewayError):
     """The upstream answered 2xx with something that is not a chat completion."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamAuthFailed(GatewayError):
+    """The upstream refused the gateway's own key.  Its error body is not passed on: it may quote the key."""
 
     status = 502
     type = "upstream_error"

@@ -1,4 +1,5 @@
-"""The edge of every request: request id and log context, the canonical log line, errors → OpenAI JSON.
+"""The edge of every request: request id and log context, the canonical log line, errors → OpenAI JSON, and
+access control (header sizes, the caller's principal, per-key limits) before any handler runs.
 
 Exactly one ``request`` log event per request, carrying whatever the handler and use case noted for it with
 ``logconfig.note`` (conversation, owner, model, tokens, upstream latency, streamed or not).  aiohttp writes it
@@ -18,7 +19,8 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.errors import GatewayError, error_body
+from gateway.access import Gatekeeper, Limiter, Principal
+from gateway.errors import GatewayError, HeadersTooLarge, error_body
 from gateway.logconfig import note, open_request_fields, request_fields
 
 log = structlog.get_logger("gateway")
@@ -26,6 +28,11 @@ log = structlog.get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID = web.RequestKey("request_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
+GATEKEEPER = web.AppKey("gatekeeper", Gatekeeper)
+LIMITER = web.AppKey("limiter", Limiter)
+MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
+_API_PREFIX = "/v1/"
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
@@ -53,6 +60,29 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         # 499: the client closed the connection before the response was complete.
         _canonical_line(request, 499, time.perf_counter() - started)
         raise
+
+
+@web.middleware
+async def access_control(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Header sizes for every request; for the API, who the caller is and whether their limits let them in."""
+    limit = request.app[MAX_HEADER_BYTES]
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > limit:
+            raise HeadersTooLarge(
+                f"A request header is larger than {limit} bytes.", code="request_header_fields_too_large"
+            )
+    if not request.path.startswith(_API_PREFIX):
+        return await handler(request)
+    principal = request[PRINCIPAL] = await request.app[GATEKEEPER].identify(request.headers)
+    if principal.key_id is None:
+        note(owner=principal.owner[:12] or None)
+    else:
+        note(tenant=principal.tenant, key_id=principal.key_id)
+    release = request.app[LIMITER].admit(principal)
+    try:
+        return await handler(request)
+    finally:
+        release()
 
 
 def _canonical_line(request: web.BaseRequest, status: int, seconds: float) -> None:

@@ -41,12 +41,16 @@ def parse_json_body(raw: bytes) -> Any:
         raise InvalidRequest(f"Request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
 
 
-def parse_chat_body(raw: bytes) -> ChatBody:
+def parse_chat_body(raw: bytes, *, max_messages: int | None = None) -> ChatBody:
     """Validate a ``/v1/chat/completions`` body; raise ``InvalidRequest`` with a precise message otherwise."""
     data = parse_json_body(raw)
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_request")
     messages = validate_messages(data.get("messages"))
+    if max_messages is not None and len(messages) > max_messages:
+        raise InvalidRequest(
+            f"At most {max_messages} messages per request.", code="too_many_messages", param="messages"
+        )
     model = data.get("model")
     return ChatBody(
         fields=data,

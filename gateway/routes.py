@@ -9,13 +9,16 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
+from gateway.access import tenant_owner
 from gateway.chat import ChatRequest, ChatService, ClientGone
 from gateway.config import Config
 from gateway.conversations import ConversationsService, parse_page
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
+from gateway.keys import valid_tenant
 from gateway.logconfig import note
+from gateway.middleware import PRINCIPAL
 from gateway.openapi import document
-from gateway.protocol import dumps, owner_of, parse_chat_body, parse_json_body, validate_conversation_id
+from gateway.protocol import dumps, parse_chat_body, parse_json_body, validate_conversation_id
 from gateway.store import ConversationStore
 
 CONFIG = web.AppKey("config", Config)
@@ -52,14 +55,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await _read_body(request)
     header = request.headers.get(CONVERSATION_HEADER)
     conversation_id = validate_conversation_id(header) if header is not None else None
-    body = parse_chat_body(raw)
-    authorization = request.headers.get("Authorization")
-    owner = owner_of(authorization)
-    note(conversation_id=conversation_id, owner=owner[:12] or None, model=body.model, stream=body.stream)
+    body = parse_chat_body(raw, max_messages=request.app[CONFIG].max_messages)
+    principal = request[PRINCIPAL]
+    # A client's own credential may go upstream (open mode); a gateway key never does.
+    authorization = request.headers.get("Authorization") if principal.key_id is None else None
+    note(conversation_id=conversation_id, model=body.model, stream=body.stream)
     channel = HttpChannel(request)
     try:
         await request.app[CHAT].complete(
-            ChatRequest(body, raw, conversation_id, owner, authorization, request.headers), channel
+            ChatRequest(body, raw, conversation_id, principal.owner, authorization, request.headers), channel
         )
     except ClientGone:
         pass
@@ -121,9 +125,17 @@ async def _json_body(request: web.Request) -> Any:
 
 
 def _owner(request: web.Request) -> str:
-    owner = owner_of(request.headers.get("Authorization"))
-    note(owner=owner[:12] or None)
-    return owner
+    """The caller's owner, or with ``?tenant=NAME`` (admin keys only) that tenant's."""
+    principal = request[PRINCIPAL]
+    tenant = request.query.get("tenant")
+    if tenant is None:
+        return principal.owner
+    if not principal.admin:
+        raise PermissionDenied("Only admin keys may name a tenant.", code="admin_key_required", param="tenant")
+    if not valid_tenant(tenant):
+        raise InvalidRequest("'tenant' is not a valid tenant name.", code="invalid_tenant", param="tenant")
+    note(tenant_override=tenant)
+    return tenant_owner(tenant)
 
 
 def _path_id(request: web.Request) -> str:

@@ -17,14 +17,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.access import TENANT_OWNER_PREFIX
 from gateway.catalog import ConversationInfo, NewMessage, StoredMessage
 from gateway.conversations import parse_metadata
 from gateway.errors import InvalidRequest
 from gateway.history import split_system
+from gateway.keys import TENANT_PATTERN
 from gateway.protocol import dumps, loads, validate_conversation_id, validate_messages
 
 FORMATS = ("jsonl", "openai")
-_OWNER = re.compile(r"[0-9a-f]{64}|")
+_OWNER = re.compile(rf"[0-9a-f]{{64}}|{TENANT_OWNER_PREFIX}{TENANT_PATTERN.pattern}|")
 
 
 class TransferError(ValueError):
@@ -109,9 +111,10 @@ def parse_import(
 
 
 def check_owner(owner: str) -> str:
-    """An owner as stored: the 64-hex SHA-256 of a bearer credential, or '' for clients without one."""
+    """An owner as stored: the 64-hex SHA-256 of a bearer credential, '' for clients without one, or
+    ``tenant:NAME`` in keys mode."""
     if _OWNER.fullmatch(owner) is None:
-        raise TransferError(f"owner {owner!r} is not a 64-character hex hash (or '' for no credential)")
+        raise TransferError(f"owner {owner!r} is not a 64-character hex hash, tenant:NAME, or '' for no credential")
     return owner
 
 

@@ -81,6 +81,11 @@ class UpstreamClient:
             total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
         )
 
+    @property
+    def uses_own_key(self) -> bool:
+        """Whether the gateway sends its own key upstream (rather than forwarding the client's)."""
+        return bool(self._settings.api_key)
+
     @staticmethod
     def connector(settings: UpstreamSettings) -> aiohttp.TCPConnector:
         return aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=settings.pool_size)

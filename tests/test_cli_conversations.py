@@ -68,8 +68,8 @@ async def test_an_id_of_several_owners_needs_owner(gateway: Gateway) -> None:
     assert chosen.status == 0 and "user: from b" in chosen.out
     missing = await _cli(gateway, "conversations", "show", "nope")
     assert missing.status == 1 and missing.err.strip() == "gateway: error: no conversation 'nope'"
-    bad = await _cli(gateway, "conversations", "show", "same", "--owner", "xyz")
-    assert bad.status == 1 and "--owner" in bad.err
+    other = await _cli(gateway, "conversations", "show", "same", "--owner", "xyz")
+    assert other.status == 1 and other.err.strip() == "gateway: error: no conversation 'same' of owner xyz"
 
 
 async def test_export_delete_import_round_trips_exactly_while_the_server_runs(
