@@ -35,6 +35,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "Invalid request",
+        401: "Keys mode: no gateway key, or an unknown or revoked one",
+        403: "Only admin keys may name a tenant",
+        429: "Over a per-key limit (concurrent requests or requests per minute); see Retry-After",
+        431: "A request header is too large",
         404: "No such conversation (of this caller)",
         409: "The id is taken",
         413: "Request body too large",
@@ -44,9 +48,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 def _operation(
-    summary: str, ok: dict[str, Any], *, errors: tuple[int, ...] = (), body: str | None = None, **extra: Any
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    errors: tuple[int, ...] = (),
+    body: str | None = None,
+    api: bool = True,
+    **extra: Any,
 ) -> dict[str, Any]:
-    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}, **extra}
+    """An operation; ``api`` ones (under /v1) also answer 401/429 (keys, limits) and 403 (``?tenant=``)."""
+    statuses = (*errors, 401, 403, 429, 431) if api else (*errors, 431)
+    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*statuses)}, **extra}
     if body is not None:
         operation["requestBody"] = {"required": False, "content": {JSON: {"schema": _ref(body)}}}
     return operation
@@ -163,7 +175,13 @@ def _list_of(item: str) -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     conversation = _json(_ref("Conversation"), "The conversation")
-    in_path = [{"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID}]
+    tenant = {
+        "name": "tenant",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "description": "Admin keys only: act on this tenant's conversations",
+    }
+    in_path = [{"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID}, tenant]
     chat_ok = {
         "description": "The upstream's reply: JSON, or server-sent events when the request asked to stream",
         "content": {JSON: {"schema": _ref("ChatCompletion")}, "text/event-stream": {"schema": {"type": "string"}}},
@@ -176,12 +194,13 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatCompletionRequest")}}},
                 "responses": {
                     "200": chat_ok,
-                    **_errors(400, 413, 503),
+                    **_errors(400, 401, 413, 429, 431, 503),
                     "default": _json(_ref("Error"), "The upstream's error status, or 502/504 when it failed"),
                 },
             }
         },
         "/v1/conversations": {
+            "parameters": [tenant],
             "get": _operation(
                 "The caller's conversations, newest activity first",
                 _json(_list_of("Conversation"), "A page of conversations"),
@@ -231,14 +250,20 @@ def _paths() -> dict[str, Any]:
                 body="Fork",
             ),
         },
-        "/healthz": {"get": _operation("The process is alive", _json(_ref("Status"), "Alive"))},
+        "/healthz": {"get": _operation("The process is alive", _json(_ref("Status"), "Alive"), api=False)},
         "/readyz": {
             "get": {
                 "summary": "The database is reachable",
-                "responses": {"200": _json(_ref("Status"), "Ready"), "503": _json(_ref("Status"), "Not ready")},
+                "responses": {
+                    "200": _json(_ref("Status"), "Ready"),
+                    "503": _json(_ref("Status"), "Not ready"),
+                    **_errors(431),
+                },
             }
         },
-        "/openapi.json": {"get": _operation("This document", _json({"type": "object"}, "OpenAPI 3 document"))},
+        "/openapi.json": {
+            "get": _operation("This document", _json({"type": "object"}, "OpenAPI 3 document"), api=False)
+        },
     }
 
 
@@ -249,12 +274,16 @@ def document(version: str) -> dict[str, Any]:
             "title": "Memory gateway",
             "version": version,
             "description": "OpenAI-compatible chat completions with server-side memory, and the API to manage it. "
-            "Every conversation belongs to the caller's bearer credential.",
+            "Every conversation belongs to the caller: in keys mode to the tenant of its gateway key, in open mode "
+            "to its bearer credential.",
         },
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "A gateway key, or (open mode) any"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "api-key", "description": "A gateway key"},
+            },
         },
-        "security": [{"bearer": []}, {}],
+        "security": [{"bearer": []}, {"apiKey": []}, {}],
         "paths": _paths(),
     }

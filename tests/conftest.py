@@ -29,10 +29,11 @@ from tests.fake_upstream import FakeUpstream, Script
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_config(tmp_path: Path, upstream_url: str, **flags: Any) -> Config:
-    """A config from defaults + flags only: never the repository's config.toml or the caller's environment."""
-    empty = tmp_path / "empty.toml"
-    empty.touch()
+def make_config(tmp_path: Path, upstream_url: str, toml: str = "", **flags: Any) -> Config:
+    """A config from defaults, ``toml`` (file content) and flags: never the repository's config.toml or the
+    caller's environment."""
+    empty = tmp_path / ("test.toml" if toml else "empty.toml")
+    empty.write_text(toml)
     values = {"storage.path": str(tmp_path / "gateway.db"), "upstream.base_url": upstream_url, "server.port": 0}
     values.update({key.replace("__", "."): value for key, value in flags.items()})
     return load_config(str(empty), env={}, flags=values)
@@ -153,10 +154,10 @@ class CliResult:
     err: str
 
 
-async def run_cli(*args: str, stdin: str | None = None) -> CliResult:
+async def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> CliResult:
     """``python -m gateway ARGS`` as a separate process, without blocking the event loop (a gateway under test
     may be serving on it at the same time)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
