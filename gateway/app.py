@@ -23,6 +23,7 @@ from gateway.access import Gatekeeper, Limiter
 from gateway.catalog import ConversationCatalog
 from gateway.chat import ChatService
 from gateway.config import Config, ConfigError
+from gateway.context import ContextPlanner
 from gateway.conversations import ConversationsService
 from gateway.keys import KeyRing, KeyStore
 from gateway.middleware import (
@@ -38,6 +39,8 @@ from gateway.ordering import KeyedLocks
 from gateway.retention import purge_periodically
 from gateway.routes import CHAT, CONFIG, CONVERSATIONS, STORE, add_routes
 from gateway.store import ConversationStore
+from gateway.summaries import Summarizer
+from gateway.tokens import TokenCounter
 from gateway.upstream import UpstreamClient, UpstreamSettings
 
 log = structlog.get_logger("gateway")
@@ -82,7 +85,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings))
     app[STORE] = store
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
-    app[CHAT] = ChatService(store, UpstreamClient(session, settings), locks)
+    upstream = UpstreamClient(session, settings)
+    counter = TokenCounter()
+    summarizer = (
+        Summarizer(upstream, counter, model=config.summary_model, prompt=config.summary_prompt)
+        if config.summarize
+        else None
+    )
+    app[CHAT] = ChatService(store, upstream, locks, ContextPlanner(config, counter, summarizer))
     app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
     purger = None
     if config.idle_days > 0:

@@ -27,6 +27,8 @@ class Memory:
     system: tuple[Message, ...] | None
     messages: tuple[Message, ...]
     replayed: tuple[Message, ...]  # ``messages`` as sent upstream (history.replay), worked out once per message
+    window_start: int = 0  # history before this index is left out upstream (gateway.window)
+    summary: Message | None = None  # the summary of what is left out, sent in its place
 
 
 class HistoryCache:
@@ -55,11 +57,19 @@ class HistoryCache:
             _, evicted = self._entries.popitem(last=False)
             self._size -= _weight(evicted)
 
-    def extend(self, key: Key, system: Sequence[Message] | None, appended: Sequence[Message]) -> None:
-        """Apply a committed turn to a cached entry (a new system prompt replaces the stored one)."""
+    def extend(
+        self,
+        key: Key,
+        system: Sequence[Message] | None,
+        appended: Sequence[Message],
+        window: tuple[int, Message | None] | None = None,
+    ) -> None:
+        """Apply a committed turn to a cached entry (a new system prompt replaces the stored one; a new window
+        start and summary replace the stored ones)."""
         memory = self._entries.get(key)
         if memory is None:
             return
+        start, summary = window if window is not None else (memory.window_start, memory.summary)
         self.put(
             key,
             Memory(
@@ -67,6 +77,8 @@ class HistoryCache:
                 system=tuple(system) if system is not None else memory.system,
                 messages=(*memory.messages, *appended),
                 replayed=(*memory.replayed, *map(replay, appended)),
+                window_start=start,
+                summary=summary,
             ),
         )
 

@@ -118,6 +118,11 @@ _NTH_LAST_USER_MESSAGE = """
 SELECT seq FROM messages WHERE conversation_id = ? AND role = 'user' ORDER BY seq DESC LIMIT 1 OFFSET ?
 """
 _CUT_MESSAGES = "DELETE FROM messages WHERE conversation_id = ? AND seq >= ?"
+# A rewind past the upstream window's start (gateway.window) leaves its summary describing turns that are gone:
+# send the whole remaining history again, to be cut anew when it no longer fits.
+_RESET_WINDOW = """
+UPDATE conversations SET window_start = 0, summary_json = NULL WHERE id = ? AND window_start > ?
+"""
 
 
 def _token_sum(path: str) -> str:
@@ -262,6 +267,7 @@ class ConversationCatalog:
             if not rows:
                 return None
             removed = await tx.execute(_CUT_MESSAGES, (conversation.row_id, rows[0][0]))
+            await tx.execute(_RESET_WINDOW, (conversation.row_id, rows[0][0]))
             await _recount(tx, key, at)
         return removed
 

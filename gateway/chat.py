@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from gateway.context import ContextPlanner, Window
 from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamHTTPError, UpstreamInvalidResponse
-from gateway.history import plan_turn
+from gateway.history import TurnPlan, plan_turn
 from gateway.logconfig import note
 from gateway.ordering import KeyedLocks
 from gateway.protocol import ChatBody, Message, dumps, loads
@@ -61,6 +62,12 @@ class _Memory:
     model: str | None
     system: list[Message] | None
     new_messages: list[Message]
+    window: tuple[int, Message | None] | None  # a moved cut and its summary, to keep with the turn
+    trimmed: int  # stored messages left out of the upstream request
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Conversation-Trimmed": str(self.trimmed)}
 
 
 class _StreamFailed(Exception):
@@ -69,21 +76,46 @@ class _StreamFailed(Exception):
 
 
 class ChatService:
-    def __init__(self, store: ConversationStore, upstream: UpstreamClient, locks: KeyedLocks) -> None:
+    def __init__(
+        self, store: ConversationStore, upstream: UpstreamClient, locks: KeyedLocks, context: ContextPlanner
+    ) -> None:
         self._store = store
         self._upstream = upstream
         self._locks = locks
+        self._context = context
 
     async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
         if request.conversation_id is None:
             await self._exchange(request.raw, request, channel, None)
             return
-        async with self._locks.hold((request.owner, request.conversation_id)):
-            stored = await self._store.load(request.owner, request.conversation_id)
-            plan = plan_turn(stored.system, stored.messages, request.body.messages, stored.replayed)
-            note(history_messages=len(stored.messages), resent_messages=plan.resent)
-            payload = dumps({**request.body.fields, "messages": plan.upstream_messages}).encode()
-            memory = _Memory(request.owner, request.conversation_id, request.body.model, plan.system, plan.new_messages)
+        key = (request.owner, request.conversation_id)
+        async with self._locks.hold(key):
+            stored = await self._store.load(*key)
+            plan = plan_turn(stored.system, stored.messages, request.body.messages)
+            fields = request.body.fields
+            window = self._context.current(stored, plan.new_messages, fields)
+            payload = _payload(fields, plan, window)
+            if not self._context.fits_for_certain(window, payload):
+                window = await self._context.fit(
+                    key,
+                    stored,
+                    window,
+                    plan.prompt,
+                    plan.new_messages,
+                    fields,
+                    authorization=request.authorization,
+                    headers=request.headers,
+                )
+                payload = _payload(fields, plan, window)
+            note(history_messages=len(stored.messages), resent_messages=plan.resent, trimmed_messages=window.start)
+            memory = _Memory(
+                *key,
+                request.body.model,
+                plan.system,
+                plan.new_messages,
+                (window.start, window.summary) if window.changed else None,
+                window.start,
+            )
             await self._exchange(payload, request, channel, memory)
 
     async def _exchange(
@@ -120,10 +152,12 @@ class ChatService:
             await self._record(memory, message, usage, interrupted=False)
         elif completion is not None:
             _note_usage(completion[1])
-        await channel.respond(response.status, response.content_type, response.headers, body)
+        headers = {**response.headers, **memory.headers} if memory is not None else response.headers
+        await channel.respond(response.status, response.content_type, headers, body)
 
     async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
-        await channel.open_stream(response.status, response.content_type, {**response.headers, **_STREAM_HEADERS})
+        headers = {**response.headers, **_STREAM_HEADERS, **(memory.headers if memory is not None else {})}
+        await channel.open_stream(response.status, response.content_type, headers)
         assembler = ReplyAssembler()
         try:
             await _pump(response, channel, assembler)
@@ -165,6 +199,7 @@ class ChatService:
                 reply=reply,
                 interrupted=interrupted,
                 usage=usage,
+                window=memory.window,
             ),
             share_commit=len(self._locks) > 1,
         )
@@ -203,6 +238,12 @@ async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: Re
                 "The upstream stream ended before the reply was complete.", code="upstream_stream_incomplete"
             )
         )
+
+
+def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:
+    """The upstream body: the request's own fields, with messages as system prompt, summary, window, new."""
+    messages = [*plan.prompt, *window.lead, *window.history, *plan.new_messages]
+    return dumps({**fields, "messages": messages}).encode()
 
 
 def _parse_chunk(data: str) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.models import ModelTable, parse_models
+
 DEFAULT_CONFIG_FILE = "config.toml"
 DASHSCOPE_COMPAT_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
@@ -87,6 +89,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.requests_per_minute", 0, "Requests one key may start in any 60 seconds (0: no limit)."),
     Setting("limits.max_messages", 2048, "Most messages in one chat request; more gets 400."),
     Setting("limits.max_header_bytes", 16384, "Largest request header line (name and value); larger gets 431."),
+    Setting("memory.low_water", 0.5, "Share of the context window a cut keeps, so later turns share a prefix."),
+    Setting("memory.max_turns", 0, "Most user turns of history sent upstream (0: only the window limits)."),
+    Setting("memory.summarize", False, "Summarize the turns a cut leaves out and send the summary ahead of the rest."),
+    Setting("memory.summary_model", "", "Model that writes summaries ('' : the model of the turn)."),
+    Setting(
+        "memory.summary_prompt",
+        "Summarize the conversation so far for the assistant that will continue it: keep names, numbers, "
+        "decisions, open questions and the user's preferences. Write only the summary.",
+        "Instruction sent with the turns to summarize.",
+    ),
     Setting("log.level", "info", "One of debug, info, warning, error."),
     Setting("log.format", "auto", "'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."),
 )
@@ -125,10 +137,16 @@ class Config:
     allow_open: bool
     max_messages: int
     max_header_bytes: int
+    low_water: float
+    max_turns: int
+    summarize: bool
+    summary_model: str
+    summary_prompt: str
     log_level: str
     log_format: str
     default_limits: Limits
     tenant_limits: Mapping[str, Limits]  # [tenants.NAME] overrides, already merged with the defaults
+    models: ModelTable  # [models."NAME"] over the built-in table
 
     def limits_for(self, tenant: str | None) -> Limits:
         """The limits of a tenant's keys (or of a credential without a tenant, in open mode)."""
@@ -227,13 +245,21 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "limits.requests_per_minute": lambda k, v: _as_int(k, v, 0, 100_000_000),
     "limits.max_messages": lambda k, v: _as_int(k, v, 1, 1_000_000),
     "limits.max_header_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 20),
+    "memory.low_water": lambda k, v: _as_number(k, v, "fraction", 0, 1, zero=False),
+    "memory.max_turns": lambda k, v: _as_int(k, v, 0, 1_000_000),
+    "memory.summarize": _as_bool,
+    "memory.summary_model": lambda k, v: _as_str(k, v).strip(),
+    "memory.summary_prompt": _nonempty,
     "log.level": lambda k, v: _choice(k, v, ("debug", "info", "warning", "error")),
     "log.format": lambda k, v: _choice(k, v, ("auto", "json", "console")),
 }
 
 
+_TABLES = ("tenants", "models")  # sections holding one table per name rather than settings
+
+
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The file's settings as dotted keys, and its ``[tenants.NAME]`` tables."""
+    """The file's settings as dotted keys, and its ``[tenants.NAME]`` and ``[models."NAME"]`` tables by section."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -246,14 +272,14 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     for section, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: expected a [{section}] table in {str(path)!r}")
-        if section == "tenants":
+        if section in _TABLES:
             continue
         for name, value in table.items():
             key = f"{section}.{name}"
             if key not in known:
                 raise ConfigError(f"{key}: unknown setting in {str(path)!r}")
             flat[key] = value
-    return flat, data.get("tenants", {})
+    return flat, {section: data.get(section, {}) for section in _TABLES}
 
 
 def _tenant_limits(tables: dict[str, Any], defaults: Limits) -> dict[str, Limits]:
@@ -290,9 +316,9 @@ def load_config(
         raise ConfigError(f"config file {str(path)!r}: not found")
     values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
     sources: dict[str, str] = {}
-    tenants: dict[str, dict[str, Any]] = {}
+    tables: dict[str, dict[str, Any]] = {section: {} for section in _TABLES}
     if path.is_file():
-        file_values, tenants = _read_toml(path)
+        file_values, tables = _read_toml(path)
         values.update(file_values)
         sources.update({key: str(path) for key in file_values})
     for setting in SETTINGS:
@@ -329,8 +355,14 @@ def load_config(
         allow_open=v["auth.allow_open"],
         max_messages=v["limits.max_messages"],
         max_header_bytes=v["limits.max_header_bytes"],
+        low_water=v["memory.low_water"],
+        max_turns=v["memory.max_turns"],
+        summarize=v["memory.summarize"],
+        summary_model=v["memory.summary_model"],
+        summary_prompt=v["memory.summary_prompt"],
         log_level=v["log.level"],
         log_format=v["log.format"],
         default_limits=defaults,
-        tenant_limits=_tenant_limits(tenants, defaults),
+        tenant_limits=_tenant_limits(tables["tenants"], defaults),
+        models=parse_models(tables["models"], ConfigError),
     )

@@ -20,9 +20,9 @@ _NOT_REPLAYED = frozenset({"reasoning_content", "annotations"})
 
 @dataclass(frozen=True)
 class TurnPlan:
-    """What one turn sends upstream and what it will store once the upstream succeeds."""
+    """What one turn sends besides history, and what it will store once the upstream succeeds."""
 
-    upstream_messages: list[Message]
+    prompt: list[Message]  # the system prompt this turn uses: the request's own, else the stored one
     new_messages: list[Message]
     system: list[Message] | None  # the request's system prompt when it brings one, else None (keep stored)
     resent: int  # messages of the request recognised as already stored
@@ -37,14 +37,10 @@ def split_system(messages: Sequence[Message]) -> tuple[list[Message], list[Messa
 
 
 def plan_turn(
-    stored_system: Sequence[Message] | None,
-    history: Sequence[Message],
-    request: Sequence[Message],
-    replayed: Sequence[Message] | None = None,
+    stored_system: Sequence[Message] | None, history: Sequence[Message], request: Sequence[Message]
 ) -> TurnPlan:
-    """Merge a request's messages with stored memory: system prompt + history + the genuinely new messages.
-
-    ``replayed`` is ``history`` already shaped by ``replay``, when the caller has it at hand."""
+    """Merge a request's messages with stored memory: the system prompt to use and the genuinely new messages
+    (those after any run that repeats the tail of ``history``)."""
     request_system, rest = split_system(request)
     resent = resent_prefix_length(history, rest)
     new = rest[resent:]
@@ -54,9 +50,7 @@ def plan_turn(
             code="no_new_messages",
             param="messages",
         )
-    system = request_system or list(stored_system or ())
-    upstream = [*system, *(replayed if replayed is not None else map(replay, history)), *new]
-    return TurnPlan(upstream, new, request_system or None, resent)
+    return TurnPlan(request_system or list(stored_system or ()), new, request_system or None, resent)
 
 
 def resent_prefix_length(history: Sequence[Message], incoming: Sequence[Message]) -> int:

@@ -118,11 +118,19 @@ async def m004_gateway_keys(db: aiosqlite.Connection) -> None:
     )
 
 
+async def m005_context_window(db: aiosqlite.Connection) -> None:
+    # Where the upstream window of the history starts (a message seq; cuts stay put between turns so requests
+    # share a prefix), and the summary of what lies before it (a system message's JSON), if any.
+    await db.execute("ALTER TABLE conversations ADD COLUMN window_start INTEGER NOT NULL DEFAULT 0")
+    await db.execute("ALTER TABLE conversations ADD COLUMN summary_json TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     m001_conversations_and_messages,
     m002_turn_writes,
     m003_conversation_metadata,
     m004_gateway_keys,
+    m005_context_window,
 )
 
 

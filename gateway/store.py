@@ -56,12 +56,13 @@ class Turn:
     reply: Message
     interrupted: bool
     usage: dict[str, Any] | None
+    window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
 
 
 _LOAD = """
-SELECT -1 AS seq, system_json FROM conversations WHERE owner = ? AND external_id = ?
+SELECT -1 AS seq, system_json, window_start, summary_json FROM conversations WHERE owner = ? AND external_id = ?
 UNION ALL
-SELECT m.seq, m.body FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+SELECT m.seq, m.body, NULL, NULL FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
  WHERE c.owner = ? AND c.external_id = ?
 ORDER BY seq
 """
@@ -71,6 +72,7 @@ INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json
                          prompt_tokens, completion_tokens, cached_tokens)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+_SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
 
 
 class Transaction:
@@ -210,8 +212,7 @@ class ConversationStore:
                     return
             elif self._inline_writes and self._record_now(turn, params):
                 return
-            self._cache.discard((turn.owner, turn.external_id))
-            await asyncio.shield(self._write_waiting(_RECORD_TURN, params))
+            await asyncio.shield(self._record_waiting(turn, params))
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
 
@@ -238,7 +239,7 @@ class ConversationStore:
 
     def _settle(self, batch: list[tuple[Turn, tuple[Any, ...], asyncio.Future[bool]]]) -> None:
         try:
-            self._commit_inline([params for _, params, _ in batch])
+            self._commit_inline([(turn, params) for turn, params, _ in batch])
         except sqlite3.Error as exc:
             busy = _is_busy(exc)
             if len(batch) > 1 and not busy:
@@ -253,33 +254,25 @@ class ConversationStore:
             return
         self._dirty = True
         for turn, _, future in batch:
-            self._cache.extend((turn.owner, turn.external_id), turn.system, (*turn.messages, turn.reply))
+            self._cache.extend((turn.owner, turn.external_id), turn.system, (*turn.messages, turn.reply), turn.window)
             future.set_result(True)
 
-    def _commit_inline(self, batch: list[tuple[Any, ...]]) -> None:
+    def _commit_inline(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
         try:
-            for params in batch:
+            for turn, params in batch:
                 self._inline.execute(_RECORD_TURN, params)
+                if turn.window is not None:
+                    self._inline.execute(_SET_WINDOW, _window_params(turn))
             self._inline.commit()
         except BaseException:
             self._inline.rollback()
             raise
 
-    async def _write_waiting(self, sql: str, params: Any) -> aiosqlite.Cursor:
-        """One statement in its own transaction on the waiting connection, which waits out other processes' locks.
-
-        IMMEDIATE (sqlite3 issues BEGIN IMMEDIATE before the statement) matters: a deferred transaction that
-        upgrades to a write fails at once with SQLITE_BUSY when another process wrote meanwhile, and
-        busy_timeout does not help.
-        """
-        async with self._write_lock:
-            try:
-                cursor = await self._waiting.execute(sql, params)
-                await self._waiting.commit()
-            except BaseException:
-                await self._rollback_waiting()
-                raise
-            return cursor
+    async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
+        async with self.transaction((turn.owner, turn.external_id)) as tx:
+            await tx.execute(_RECORD_TURN, params)
+            if turn.window is not None:
+                await tx.execute(_SET_WINDOW, _window_params(turn))
 
     # For the catalog (gateway.catalog): rare, possibly large reads and single-statement writes, on the waiting
     # connection's thread rather than on the event loop.
@@ -303,7 +296,9 @@ class ConversationStore:
             self._cache.discard(key)
         async with self._write_lock:
             try:
-                # Explicit, so that reads at the start of the block see the same state the writes change.
+                # IMMEDIATE: a deferred transaction that upgrades to a write fails at once with SQLITE_BUSY when
+                # another process wrote meanwhile, and busy_timeout does not help.  Explicit, so that reads at the
+                # start of the block see the same state the writes change.
                 await self._waiting.execute("BEGIN IMMEDIATE")
                 yield Transaction(self._waiting)
                 await self._waiting.commit()
@@ -336,13 +331,15 @@ def _memory(rows: list[Any]) -> Memory:
     """Memory from ``_LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
     if not rows:
         return Memory(exists=False, system=None, messages=(), replayed=())
-    system_json = rows[0][1]
+    _, system_json, window_start, summary_json = rows[0]
     messages = tuple(loads(row[1]) for row in rows[1:])
     return Memory(
         exists=True,
         system=tuple(loads(system_json)) if system_json else None,
         messages=messages,
         replayed=tuple(map(replay, messages)),
+        window_start=window_start,
+        summary=loads(summary_json) if summary_json else None,
     )
 
 
@@ -364,6 +361,12 @@ def _turn_params(turn: Turn) -> tuple[Any, ...]:
         _count(usage.get("completion_tokens")),
         _count(cached),
     )
+
+
+def _window_params(turn: Turn) -> tuple[Any, ...]:
+    assert turn.window is not None
+    start, summary = turn.window
+    return (start, dumps(summary) if summary is not None else None, turn.owner, turn.external_id)
 
 
 def _count(value: Any) -> int:

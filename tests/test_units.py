@@ -137,12 +137,12 @@ def test_plan_turn_merges_system_history_and_new() -> None:
     system = [{"role": "system", "content": "S"}]
     stored = [U1, {**A1, "reasoning_content": "hidden", "annotations": None}]
     plan = plan_turn(system, stored, [U2])
-    assert plan.upstream_messages == [*system, U1, A1, U2]
+    assert (plan.prompt, plan.new_messages, plan.system) == (system, [U2], None)
     assert plan.new_messages == [U2]
     assert plan.system is None
     replaced = plan_turn(system, stored, [{"role": "developer", "content": "D"}, U1, A1, U2])
     assert replaced.system == [{"role": "developer", "content": "D"}]
-    assert replaced.upstream_messages == [{"role": "developer", "content": "D"}, U1, A1, U2]
+    assert replaced.prompt == [{"role": "developer", "content": "D"}] and replaced.new_messages == [U2]
     assert replaced.resent == 2
 
 

@@ -1,0 +1,128 @@
+"""ContextPlanner: per turn, which stored history goes upstream so the request fits the model's context window.
+
+Cheap first: a request whose JSON is smaller, in bytes, than the token budget fits for certain (a byte-level BPE
+token covers at least one byte; media parts are added at ``tokens.MEDIA_TOKENS`` each), so most turns never count
+a token.  Only a request that might not fit has its history counted (incrementally, see ``TokenCounter.history``)
+and its window placed (``window.place_window``); when that moves the cut and ``memory.summarize`` is on, the
+dropped turns are summarized before the request goes out.  Knows no SQL and no HTTP server types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.cache import Memory
+from gateway.config import Config
+from gateway.errors import InvalidRequest
+from gateway.protocol import Message
+from gateway.summaries import Summarizer
+from gateway.tokens import MEDIA_TOKENS, TokenCounter
+from gateway.window import Budget, place_window, with_reasoning
+
+# Chat-template text the upstream wraps around tools and roles, beyond what the JSON shows.
+TEMPLATE_MARGIN_TOKENS = 256
+_MEDIA_MARKERS = (b'"image_url"', b'"input_audio"', b'"video_url"', b'"video"')
+
+
+@dataclass(frozen=True)
+class Window:
+    """What of the stored history goes upstream this turn."""
+
+    lead: list[Message]  # the summary message, when there is one
+    history: list[Message]  # the replayed history from ``start`` on
+    start: int  # messages of history left out (X-Conversation-Trimmed)
+    summary: Message | None
+    limit: int  # tokens the request may hold
+    changed: bool  # start or summary differ from what is stored: record them with the turn
+
+
+class ContextPlanner:
+    def __init__(self, config: Config, counter: TokenCounter, summarizer: Summarizer | None) -> None:
+        self._config = config
+        self._counter = counter
+        self._summarizer = summarizer
+
+    def current(self, stored: Memory, new: Sequence[Message], fields: Mapping[str, Any]) -> Window:
+        """The window as it stands (the stored cut), before anything is counted."""
+        model = _model(fields)
+        settings = self._config.models[model]
+        reserve = _reserve(fields) or settings.reserve_tokens
+        limit = settings.context_tokens - reserve
+        if limit <= 0:
+            raise InvalidRequest(
+                f"max_tokens {reserve} leaves no room for input in this model's {settings.context_tokens}-token "
+                "context window.",
+                code="context_length_exceeded",
+                param="max_tokens",
+            )
+        start = min(stored.window_start, len(stored.messages))
+        loop_open = not any(m.get("role") == "user" for m in new)
+        history = with_reasoning(stored.messages, stored.replayed, settings.reasoning_replay, loop_open=loop_open)
+        lead = [stored.summary] if stored.summary is not None else []
+        return Window(lead, history[start:], start, stored.summary, limit, changed=False)
+
+    def fits_for_certain(self, window: Window, payload: bytes) -> bool:
+        media = sum(payload.count(marker) for marker in _MEDIA_MARKERS)
+        within_turns = not self._config.max_turns or (
+            sum(1 for m in window.history if m.get("role") == "user") <= self._config.max_turns
+        )
+        return within_turns and len(payload) + media * MEDIA_TOKENS + TEMPLATE_MARGIN_TOKENS <= window.limit
+
+    async def fit(
+        self,
+        key: Hashable,
+        stored: Memory,
+        window: Window,
+        system: Sequence[Message],
+        new: Sequence[Message],
+        fields: Mapping[str, Any],
+        *,
+        authorization: str | None,
+        headers: Mapping[str, str],
+    ) -> Window:
+        """The window counted and placed; raises ``InvalidRequest`` (context_length_exceeded) when the new messages
+        cannot fit even alone."""
+        model = _model(fields)
+        await self._counter.prepare(model)
+        full = [*stored.replayed[: window.start], *window.history]  # the replayed history, reasoning as sent
+        counts = self._counter.history(key, model, full)
+        roles = [m.get("role") for m in stored.messages]
+        fixed = (
+            self._counter.messages(model, [*system, *new])
+            + sum(self._counter.value(model, fields.get(name)) for name in ("tools", "response_format"))
+            + TEMPLATE_MARGIN_TOKENS
+        )
+        budget = Budget(window.limit, self._config.low_water, self._config.max_turns)
+        summary = window.summary
+        start = place_window(roles, counts, fixed + self._counter.messages(model, window.lead), window.start, budget)
+        if start > window.start and self._summarizer is not None:
+            written = await self._summarizer.summarize(
+                summary,
+                stored.messages[window.start : start],
+                model=model,
+                input_limit=window.limit,
+                authorization=authorization,
+                headers=headers,
+            )
+            if written is not None:
+                summary = written
+                start = place_window(roles, counts, fixed + self._counter.message(model, summary), start, budget)
+        lead = [summary] if summary is not None else []
+        changed = start != window.start or summary is not window.summary
+        return Window(lead, full[start:], start, summary, window.limit, changed)
+
+
+def _model(fields: Mapping[str, Any]) -> str | None:
+    model = fields.get("model")
+    return model if isinstance(model, str) else None
+
+
+def _reserve(fields: Mapping[str, Any]) -> int | None:
+    """The client's own reply budget, which replaces the configured reserve for this request."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = fields.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
