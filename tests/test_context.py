@@ -3,6 +3,7 @@ for DashScope's cache, and summaries, max_turns, reserves and reasoning policies
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,7 +86,7 @@ async def test_cuts_keep_a_byte_identical_prefix_for_at_least_90_percent_of_turn
         assert status == 200
     sent = [orjson.loads(r.raw)["messages"] for r in upstream.requests]
     stable = cuts = 0
-    for previous, current in zip(sent, sent[1:], strict=False):
+    for previous, current in itertools.pairwise(sent):
         if orjson.dumps(current).startswith(orjson.dumps(previous)[:-1]):
             stable += 1
         else:
