@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from gateway.config import SETTINGS, ConfigError, load_config
 from gateway.errors import InvalidRequest
 from gateway.history import fingerprint, plan_turn, replay, resent_prefix_length
 from gateway.streaming import ReplyAssembler, SseParser
+from gateway.tokens import FRAMING_TOKENS, MEDIA_TOKENS, TokenCounter, family
+from gateway.window import Budget, place_window
 from tests.conftest import REPO
 
 # --- SSE framing ---------------------------------------------------------------------------------------------
@@ -210,3 +213,43 @@ def test_readme_configuration_table_lists_every_setting() -> None:
         assert f"`{setting.key}`" in readme, setting.key
         if setting.env:
             assert f"`{setting.env}`" in readme, setting.env
+
+
+def test_place_window_stays_put_then_cuts_to_low_water_on_user_turns() -> None:
+    roles = ["user", "assistant", "user", "assistant", "tool", "assistant", "user", "assistant"]
+    counts = [10] * 8
+    budget = Budget(limit=100, low_water=0.5, max_turns=0)
+    assert place_window(roles, counts, fixed=20, start=0, budget=budget) == 0  # 100 fits
+    assert place_window(roles, counts, fixed=21, start=0, budget=budget) == 6  # over: down to <= 50, at a user turn
+    assert place_window(roles, counts, fixed=21, start=3, budget=budget) == 6  # a start inside a turn moves on
+    assert place_window(roles, counts, fixed=45, start=0, budget=budget) == 8  # nothing fits the low water mark
+    with pytest.raises(InvalidRequest) as raised:
+        place_window(roles, counts, fixed=101, start=0, budget=budget)
+    assert raised.value.code == "context_length_exceeded"
+
+
+def test_place_window_caps_user_turns() -> None:
+    roles = ["user", "assistant"] * 5
+    budget = Budget(limit=10_000, low_water=0.5, max_turns=4)
+    assert place_window(roles, [1] * 10, fixed=0, start=0, budget=budget) == 6  # 5 turns > 4: keep 2
+    assert place_window(roles, [1] * 10, fixed=0, start=6, budget=budget) == 6
+
+
+def test_token_counts_use_qwen_vocabularies_and_an_estimate_elsewhere() -> None:
+    counter = TokenCounter()
+    asyncio.run(counter.prepare("qwen-plus"))
+    assert counter.text("qwen-plus-2025-07-28", "Hello world") == 2  # Qwen's tokenizer
+    assert counter.text("gpt-4o", "Hello world") == 4  # ceil(11 bytes / 3): the documented estimate
+    assert family("Qwen/Qwen3.6-27B") == "qwen3.6-27b" and family("qwq-plus") == "qwen-plus" and family("x") is None
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}
+    assert counter.message("qwen-plus", image) == FRAMING_TOKENS + MEDIA_TOKENS
+
+
+def test_token_history_counts_only_what_was_appended() -> None:
+    counter = TokenCounter()
+    first = [U1, A1]
+    assert counter.history("k", None, first) == [counter.message(None, U1), counter.message(None, A1)]
+    grown = [*first, U2]
+    assert len(counter.history("k", None, grown)) == 3
+    edited = [dict(U1), A1]  # same content, other objects: a reload from the database counts again
+    assert counter.history("k", None, edited) == counter.history("other", None, edited)
