@@ -184,6 +184,13 @@ def _paths() -> dict[str, Any]:
     in_path = [{"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID}, tenant]
     chat_ok = {
         "description": "The upstream's reply: JSON, or server-sent events when the request asked to stream",
+        "headers": {
+            "X-Conversation-Id": {"schema": {"type": "string"}, "description": "The conversation, echoed"},
+            "X-Conversation-Trimmed": {
+                "schema": {"type": "integer"},
+                "description": "Stored messages left out of this request to fit the model's context window",
+            },
+        },
         "content": {JSON: {"schema": _ref("ChatCompletion")}, "text/event-stream": {"schema": {"type": "string"}}},
     }
     return {
