@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.history import replay
 from gateway.protocol import Message
@@ -29,6 +30,7 @@ class Memory:
     replayed: tuple[Message, ...]  # ``messages`` as sent upstream (history.replay), worked out once per message
     window_start: int = 0  # history before this index is left out upstream (gateway.window)
     summary: Message | None = None  # the summary of what is left out, sent in its place
+    last_usage: dict[str, Any] | None = None  # the upstream's usage for the last stored reply, when known
 
 
 class HistoryCache:
@@ -63,6 +65,7 @@ class HistoryCache:
         system: Sequence[Message] | None,
         appended: Sequence[Message],
         window: tuple[int, Message | None] | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> None:
         """Apply a committed turn to a cached entry (a new system prompt replaces the stored one; a new window
         start and summary replace the stored ones)."""
@@ -79,6 +82,7 @@ class HistoryCache:
                 replayed=(*memory.replayed, *map(replay, appended)),
                 window_start=start,
                 summary=summary,
+                last_usage=usage,
             ),
         )
 

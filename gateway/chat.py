@@ -95,7 +95,7 @@ class ChatService:
             fields = request.body.fields
             window = self._context.current(stored, plan.new_messages, fields)
             payload = _payload(fields, plan, window)
-            if not self._context.fits_for_certain(window, payload):
+            if not self._context.fits_for_certain(window, payload, stored, plan.new_messages):
                 window = await self._context.fit(
                     key,
                     stored,

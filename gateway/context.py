@@ -16,7 +16,7 @@ from typing import Any
 from gateway.cache import Memory
 from gateway.config import Config
 from gateway.errors import InvalidRequest
-from gateway.protocol import Message
+from gateway.protocol import Message, dumps
 from gateway.summaries import Summarizer
 from gateway.tokens import MEDIA_TOKENS, TokenCounter
 from gateway.window import Budget, place_window, with_reasoning
@@ -63,12 +63,15 @@ class ContextPlanner:
         lead = [stored.summary] if stored.summary is not None else []
         return Window(lead, history[start:], start, stored.summary, limit, changed=False)
 
-    def fits_for_certain(self, window: Window, payload: bytes) -> bool:
+    def fits_for_certain(self, window: Window, payload: bytes, stored: Memory, new: Sequence[Message]) -> bool:
         media = sum(payload.count(marker) for marker in _MEDIA_MARKERS)
         within_turns = not self._config.max_turns or (
             sum(1 for m in window.history if m.get("role") == "user") <= self._config.max_turns
         )
-        return within_turns and len(payload) + media * MEDIA_TOKENS + TEMPLATE_MARGIN_TOKENS <= window.limit
+        # What the upstream itself counted last turn, plus the reply and the new messages at a byte a token.
+        measured = _measured(stored, len(dumps(new)))
+        bound = max(len(payload) + media * MEDIA_TOKENS + TEMPLATE_MARGIN_TOKENS, measured or 0)
+        return within_turns and bound <= window.limit
 
     async def fit(
         self,
@@ -96,7 +99,11 @@ class ContextPlanner:
         )
         budget = Budget(window.limit, self._config.low_water, self._config.max_turns)
         summary = window.summary
-        start = place_window(roles, counts, fixed + self._counter.messages(model, window.lead), window.start, budget)
+        lead_tokens = self._counter.messages(model, window.lead)
+        # The upstream's own count of the last request, where known, corrects ours when ours falls short.
+        measured = _measured(stored, self._counter.messages(model, new))
+        fixed += max(0, (measured or 0) - (fixed + lead_tokens + sum(counts[window.start :])))
+        start = place_window(roles, counts, fixed + lead_tokens, window.start, budget)
         if start > window.start and self._summarizer is not None:
             written = await self._summarizer.summarize(
                 summary,
@@ -112,6 +119,21 @@ class ContextPlanner:
         lead = [summary] if summary is not None else []
         changed = start != window.start or summary is not window.summary
         return Window(lead, full[start:], start, summary, window.limit, changed)
+
+
+def _measured(stored: Memory, new_tokens: int) -> int | None:
+    """This request's size by the upstream's own count: the last request's prompt tokens, plus its reply (now
+    history, less any reasoning, which is not sent back) and ``new_tokens``; None when the last reply's usage is
+    unknown.  Valid for the stored window: the last turn sent exactly that."""
+    usage = stored.last_usage
+    if not usage:
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return prompt + completion - (reasoning if isinstance(reasoning, int) else 0) + new_tokens
 
 
 def _model(fields: Mapping[str, Any]) -> str | None:

@@ -60,9 +60,9 @@ class Turn:
 
 
 _LOAD = """
-SELECT -1 AS seq, system_json, window_start, summary_json FROM conversations WHERE owner = ? AND external_id = ?
+SELECT -1 AS seq, system_json, window_start, summary_json, NULL FROM conversations WHERE owner = ? AND external_id = ?
 UNION ALL
-SELECT m.seq, m.body, NULL, NULL FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+SELECT m.seq, m.body, NULL, NULL, m.usage_json FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
  WHERE c.owner = ? AND c.external_id = ?
 ORDER BY seq
 """
@@ -254,7 +254,8 @@ class ConversationStore:
             return
         self._dirty = True
         for turn, _, future in batch:
-            self._cache.extend((turn.owner, turn.external_id), turn.system, (*turn.messages, turn.reply), turn.window)
+            key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
+            self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
             future.set_result(True)
 
     def _commit_inline(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
@@ -331,8 +332,9 @@ def _memory(rows: list[Any]) -> Memory:
     """Memory from ``_LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
     if not rows:
         return Memory(exists=False, system=None, messages=(), replayed=())
-    _, system_json, window_start, summary_json = rows[0]
+    _, system_json, window_start, summary_json, _ = rows[0]
     messages = tuple(loads(row[1]) for row in rows[1:])
+    last_usage = rows[-1][4] if len(rows) > 1 else None
     return Memory(
         exists=True,
         system=tuple(loads(system_json)) if system_json else None,
@@ -340,6 +342,7 @@ def _memory(rows: list[Any]) -> Memory:
         replayed=tuple(map(replay, messages)),
         window_start=window_start,
         summary=loads(summary_json) if summary_json else None,
+        last_usage=loads(last_usage) if last_usage else None,
     )
 
 

@@ -192,3 +192,15 @@ async def test_reasoning_replay_policies(
     replies = [m for m in upstream.last["messages"] if m["role"] == "assistant"]
     assert [m.get("reasoning_content") for m in replies][:2] == (expected if policy == "always" else [None, None])
     await gateway.stop()
+
+
+async def test_the_upstreams_own_token_count_corrects_a_short_estimate(
+    windowed: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.context_limit = None
+    # The model counted far more than the text shows (images, a template): the next turn must make room.
+    upstream.script(Script(usage={"prompt_tokens": 2450, "completion_tokens": 40, "total_tokens": 2490}))
+    await _say(http, windowed, [SYSTEM, user("here is a photo of my old phone")])
+    status, trimmed, _ = await _say(http, windowed, [SYSTEM, user("which new one is like it?")])
+    assert status == 200 and trimmed == "2"
+    assert upstream.last["messages"] == [SYSTEM, user("which new one is like it?")]
