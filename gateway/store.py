@@ -101,6 +101,9 @@ class ConversationStore:
     def __init__(
         self, inline: sqlite3.Connection, waiting: aiosqlite.Connection, *, inline_writes: bool, cache_messages: int
     ) -> None:
+        # Kept rather than looked up per call: on Python 3.11 every asyncio.get_running_loop() is a getpid()
+        # system call, and the hot path needed a few per turn.
+        self._loop = asyncio.get_running_loop()
         self._inline = inline
         self._waiting = waiting
         self._inline_writes = inline_writes
@@ -183,7 +186,7 @@ class ConversationStore:
             self._data_version = version
             self._generation += 1
         self._version_checked = True
-        asyncio.get_running_loop().call_soon(self._forget_version_check)
+        self._loop.call_soon(self._forget_version_check)
 
     def generation(self) -> int:
         """A number that changes whenever another connection may have written to the database since the last
@@ -220,18 +223,23 @@ class ConversationStore:
         """Queue a turn for the next group commit, which runs once the current loop iteration is done, so turns
         finishing together share one transaction.  The future says whether it was recorded; False means another
         connection holds the write lock."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        future: asyncio.Future[bool] = self._loop.create_future()
         future.add_done_callback(_mark_retrieved)
         self._batch.append((turn, params, future))
         if len(self._batch) == 1:
-            loop.call_soon(self._commit_batch)
+            self._loop.call_soon(self._commit_batch)
         return future
 
     def _record_now(self, turn: Turn, params: tuple[Any, ...]) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._settle([(turn, params, future)])
-        return future.result()
+        """Commit one turn at once; False when another connection holds the write lock."""
+        try:
+            self._commit_inline([(turn, params)])
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                return False
+            raise
+        self._committed(turn)
+        return True
 
     def _commit_batch(self) -> None:
         batch, self._batch = self._batch, []
@@ -252,11 +260,14 @@ class ConversationStore:
                 else:
                     future.set_exception(exc)
             return
-        self._dirty = True
         for turn, _, future in batch:
-            key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
-            self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
+            self._committed(turn)
             future.set_result(True)
+
+    def _committed(self, turn: Turn) -> None:
+        self._dirty = True
+        key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
+        self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
 
     def _commit_inline(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
         try:
