@@ -210,8 +210,10 @@ class ConversationStore:
         params = _turn_params(turn)
         try:
             if self._inline_writes and share_commit:
-                # Shielded: once queued, a cancelled caller cannot keep its turn from being recorded whole.
-                if await asyncio.shield(self._queue_inline(turn, params)):
+                # Not shielded: a cancelled caller cancels only its future; the batch still records the turn whole
+                # (``_settle`` skips futures nobody waits for).  A shield would cost each turn two more callbacks
+                # and a loop iteration before it can answer.
+                if await self._queue_inline(turn, params):
                     return
             elif self._inline_writes and self._record_now(turn, params):
                 return
@@ -224,7 +226,6 @@ class ConversationStore:
         finishing together share one transaction.  The future says whether it was recorded; False means another
         connection holds the write lock."""
         future: asyncio.Future[bool] = self._loop.create_future()
-        future.add_done_callback(_mark_retrieved)
         self._batch.append((turn, params, future))
         if len(self._batch) == 1:
             self._loop.call_soon(self._commit_batch)
@@ -255,6 +256,8 @@ class ConversationStore:
                     self._settle([item])
                 return
             for _, _, future in batch:
+                if future.cancelled():
+                    continue
                 if busy:
                     future.set_result(False)
                 else:
@@ -262,7 +265,8 @@ class ConversationStore:
             return
         for turn, _, future in batch:
             self._committed(turn)
-            future.set_result(True)
+            if not future.cancelled():
+                future.set_result(True)
 
     def _committed(self, turn: Turn) -> None:
         self._dirty = True
@@ -385,12 +389,6 @@ def _window_params(turn: Turn) -> tuple[Any, ...]:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _mark_retrieved(future: asyncio.Future[bool]) -> None:
-    # The caller may have been cancelled and gone; reading the outcome keeps asyncio from reporting it unread.
-    if not future.cancelled():
-        future.exception()
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

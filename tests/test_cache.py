@@ -132,6 +132,22 @@ async def test_one_bad_turn_in_a_group_commit_fails_alone(tmp_path: Path) -> Non
         assert db.execute("SELECT count(*) FROM messages").fetchone() == (4,)
 
 
+async def test_a_cancelled_caller_still_gets_its_queued_turn_recorded(tmp_path: Path) -> None:
+    store = await ConversationStore.open(tmp_path / "c.db", cache_messages=100)
+    try:
+        kept = asyncio.create_task(store.append_turn(_turn("a", "1"), share_commit=True))
+        dropped = asyncio.create_task(store.append_turn(_turn("b", "2"), share_commit=True))
+        await asyncio.sleep(0)  # both queued for the same group commit
+        dropped.cancel()
+        await kept
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        loaded = [await store.load("o", c) for c in ("a", "b")]
+    finally:
+        await store.close()
+    assert [len(m.messages) for m in loaded] == [2, 2]
+
+
 @pytest.mark.parametrize("share_commit", [False, True])
 async def test_a_turn_waits_for_another_process_lock_then_commits(tmp_path: Path, share_commit: bool) -> None:
     path = tmp_path / "g.db"
