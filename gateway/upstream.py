@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import TracebackType
 
 import aiohttp
 
@@ -101,30 +101,44 @@ class UpstreamClient:
             headers["Authorization"] = client_authorization
         return headers
 
-    @asynccontextmanager
-    async def chat_completions(
+    def chat_completions(
         self, body: bytes, *, client_authorization: str | None, client_headers: Mapping[str, str]
-    ) -> AsyncIterator[UpstreamResponse]:
-        """POST a chat completion; yields once headers arrived.  Leaving the block early (client gone, error)
-        closes the connection, which is what stops the upstream from generating tokens nobody reads."""
+    ) -> _Exchange:
+        """``async with`` it: POST a chat completion; the block gets the response once headers arrived.  Leaving
+        the block early (client gone, error) closes the connection, which is what stops the upstream from
+        generating tokens nobody reads."""
+        return _Exchange(self, body, self._headers(client_authorization, client_headers))
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         try:
-            response = await self._session.post(
-                self._url,
-                data=body,
-                headers=self._headers(client_authorization, client_headers),
-                timeout=self._timeout,
-            )
+            return await self._session.post(self._url, data=body, headers=headers, timeout=self._timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc) from exc
-        completed = False
-        try:
-            yield UpstreamResponse(response)
-            completed = True
-        finally:
-            if completed and response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+
+
+class _Exchange:
+    # A plain class rather than @asynccontextmanager: every chat request enters one, and the generator-based
+    # form costs an async generator (with asyncio's finalizer bookkeeping) and several more calls per use.
+    __slots__ = ("_body", "_client", "_headers", "_response")
+
+    def __init__(self, client: UpstreamClient, body: bytes, headers: dict[str, str]) -> None:
+        self._client = client
+        self._body = body
+        self._headers = headers
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        self._response = await self._client._post(self._body, self._headers)
+        return UpstreamResponse(self._response)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._response is not None
+        if exc_type is None and self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
 
 
 def _translate(exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:
