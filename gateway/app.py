@@ -26,10 +26,14 @@ from gateway.config import Config, ConfigError
 from gateway.context import ContextPlanner
 from gateway.conversations import ConversationsService
 from gateway.keys import KeyRing, KeyStore
+from gateway.lifecycle import Drain
+from gateway.metrics import Metrics
 from gateway.middleware import (
+    DRAIN,
     GATEKEEPER,
     LIMITER,
     MAX_HEADER_BYTES,
+    METRICS,
     CanonicalLine,
     access_control,
     add_request_id,
@@ -37,6 +41,7 @@ from gateway.middleware import (
 )
 from gateway.ordering import KeyedLocks
 from gateway.retention import purge_periodically
+from gateway.retries import RetryPolicy
 from gateway.routes import CHAT, CONFIG, CONVERSATIONS, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.summaries import Summarizer
@@ -45,14 +50,13 @@ from gateway.upstream import UpstreamClient, UpstreamSettings
 
 log = structlog.get_logger("gateway")
 
-# In-flight requests get this long to finish on shutdown before they are cut.
-SHUTDOWN_GRACE_SECONDS = 30.0
-
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context, access_control])
     app[CONFIG] = config
     app[MAX_HEADER_BYTES] = config.max_header_bytes
+    app[METRICS] = Metrics()
+    app[DRAIN] = Drain()
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_request_id)
     add_routes(app)
@@ -75,24 +79,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await store.close()
         raise
     app[GATEKEEPER], app[LIMITER] = gatekeeper, Limiter(config)
-    settings = UpstreamSettings(
-        base_url=config.upstream_base_url,
-        api_key=config.upstream_api_key,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        pool_size=config.pool_size,
-    )
+    metrics = app[METRICS]
+    store.observe_writes(metrics.db_writes.observe)
+    metrics.count_conversations(store.count_conversations)
+    settings = _upstream_settings(config)
     session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings))
     app[STORE] = store
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
-    upstream = UpstreamClient(session, settings)
-    counter = TokenCounter()
-    summarizer = (
-        Summarizer(upstream, counter, model=config.summary_model, prompt=config.summary_prompt)
-        if config.summarize
-        else None
-    )
-    app[CHAT] = ChatService(store, upstream, locks, ContextPlanner(config, counter, summarizer))
+    app[CHAT] = _chat_service(config, store, UpstreamClient(session, settings, metrics), locks, app)
     app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
     purger = None
     if config.idle_days > 0:
@@ -107,6 +101,38 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await session.close()
         await store.close()
         log.info("database_closed", path=str(config.db_path))
+
+
+def _upstream_settings(config: Config) -> UpstreamSettings:
+    return UpstreamSettings(
+        base_url=config.upstream_base_url,
+        api_key=config.upstream_api_key,
+        connect_timeout=config.connect_timeout,
+        first_byte_timeout=config.first_byte_timeout,
+        idle_timeout=config.idle_timeout,
+        pool_size=config.pool_size,
+        retry=RetryPolicy(config.max_attempts, config.backoff_seconds, config.retry_after_cap, config.retry_budget),
+    )
+
+
+def _chat_service(
+    config: Config, store: ConversationStore, upstream: UpstreamClient, locks: KeyedLocks, app: web.Application
+) -> ChatService:
+    counter = TokenCounter()
+    summarizer = (
+        Summarizer(upstream, counter, model=config.summary_model, prompt=config.summary_prompt)
+        if config.summarize
+        else None
+    )
+    return ChatService(
+        store,
+        upstream,
+        locks,
+        ContextPlanner(config, counter, summarizer),
+        metrics=app[METRICS],
+        drain=app[DRAIN],
+        max_in_flight=config.max_in_flight,
+    )
 
 
 async def _refuse_unsafe_open_mode(config: Config, gatekeeper: Gatekeeper) -> None:
@@ -137,7 +163,7 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
         handler_cancellation=True,  # a client that hangs up cancels its handler, which aborts the upstream call
         access_log_class=CanonicalLine,  # the canonical request line, written once the response is sent
         access_log=logging.getLogger("gateway.access"),  # unused by CanonicalLine; aiohttp needs a logger here
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        shutdown_timeout=config.drain_seconds,
         # Room above limits.max_header_bytes, so that the access middleware answers an oversized header with a
         # JSON 431 instead of aiohttp's parser with a plain-text 400.
         max_line_size=4 * config.max_header_bytes,
@@ -165,6 +191,12 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("server_stopping")
+    drain = runner.app[DRAIN]
+    drain.start()  # /readyz now fails, so a load balancer stops sending new requests
+    log.info("server_stopping", grace_seconds=config.drain_grace, drain_seconds=config.drain_seconds)
+    await asyncio.sleep(config.drain_grace)
+    # aiohttp stops accepting, waits drain_seconds for in-flight handlers, then cancels them; just before that,
+    # mark the drain expired so that streams still open end with an error event.
+    loop.call_later(max(0.0, config.drain_seconds - 0.05), drain.expire)
     await runner.cleanup()
     log.info("server_stopped")

@@ -16,9 +16,19 @@ from typing import Any, Protocol
 import structlog
 
 from gateway.context import ContextPlanner, Window
-from gateway.errors import GatewayError, UpstreamAuthFailed, UpstreamHTTPError, UpstreamInvalidResponse
+from gateway.errors import (
+    GatewayError,
+    Overloaded,
+    UpstreamAuthFailed,
+    UpstreamHTTPError,
+    UpstreamInvalidResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.history import TurnPlan, plan_turn
+from gateway.lifecycle import Drain
 from gateway.logconfig import note
+from gateway.metrics import Metrics
 from gateway.ordering import KeyedLocks
 from gateway.protocol import ChatBody, Message, dumps, loads
 from gateway.store import ConversationStore, Turn
@@ -26,6 +36,14 @@ from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encod
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
 log = structlog.get_logger("gateway")
+_UPSTREAM_ERRORS = (
+    UpstreamAuthFailed,
+    UpstreamHTTPError,
+    UpstreamInvalidResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+_SHUTTING_DOWN = Overloaded("The gateway is shutting down; the reply was cut short.", code="server_shutting_down")
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -77,14 +95,36 @@ class _StreamFailed(Exception):
 
 class ChatService:
     def __init__(
-        self, store: ConversationStore, upstream: UpstreamClient, locks: KeyedLocks, context: ContextPlanner
+        self,
+        store: ConversationStore,
+        upstream: UpstreamClient,
+        locks: KeyedLocks,
+        context: ContextPlanner,
+        *,
+        metrics: Metrics,
+        drain: Drain,
+        max_in_flight: int,
     ) -> None:
         self._store = store
         self._upstream = upstream
         self._locks = locks
         self._context = context
+        self._metrics = metrics
+        self._drain = drain
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
 
     async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
+        """Answer one chat request through ``channel``; refused at once (503) past ``max_in_flight``."""
+        if self._in_flight >= self._max_in_flight:
+            raise Overloaded("The gateway has too many requests in flight; retry shortly.", code="overloaded")
+        self._in_flight += 1
+        try:
+            await self._complete(request, channel)
+        finally:
+            self._in_flight -= 1
+
+    async def _complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
         if request.conversation_id is None:
             await self._exchange(request.raw, request, channel, None)
             return
@@ -121,6 +161,15 @@ class ChatService:
     async def _exchange(
         self, payload: bytes, request: ChatRequest, channel: ReplyChannel, memory: _Memory | None
     ) -> None:
+        try:
+            await self._call_upstream(payload, request, channel, memory)
+        except _UPSTREAM_ERRORS as exc:
+            self._metrics.upstream_errors.labels(type(exc).__name__).inc()
+            raise
+
+    async def _call_upstream(
+        self, payload: bytes, request: ChatRequest, channel: ReplyChannel, memory: _Memory | None
+    ) -> None:
         started = time.perf_counter()
         async with self._upstream.chat_completions(
             payload, client_authorization=request.authorization, client_headers=request.headers
@@ -151,17 +200,25 @@ class ChatService:
             message, usage = completion
             await self._record(memory, message, usage, interrupted=False)
         elif completion is not None:
-            _note_usage(completion[1])
+            self._note_usage(completion[1])
         headers = {**response.headers, **memory.headers} if memory is not None else response.headers
         await channel.respond(response.status, response.content_type, headers, body)
 
     async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        self._metrics.open_streams.inc()
+        try:
+            await self._relay_events(response, channel, memory)
+        finally:
+            self._metrics.open_streams.dec()
+
+    async def _relay_events(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
         headers = {**response.headers, **_STREAM_HEADERS, **(memory.headers if memory is not None else {})}
         await channel.open_stream(response.status, response.content_type, headers)
         assembler = ReplyAssembler()
         try:
             await _pump(response, channel, assembler)
         except _StreamFailed as failed:
+            self._metrics.upstream_errors.labels(type(failed.error).__name__).inc()
             note(stream_error=failed.error.code)
             await _send_quietly(channel, encode_event(loads(failed.error.body())))
             return
@@ -170,9 +227,11 @@ class ChatService:
             note(interrupted=True)
             if memory is not None:
                 await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
+            if self._drain.expired:  # cut by shutdown, not by the client: say so rather than just stop
+                await _send_quietly(channel, encode_event(loads(_SHUTTING_DOWN.body())))
             raise
         if memory is None:
-            _note_usage(assembler.usage)
+            self._note_usage(assembler.usage)
         else:
             try:
                 await self._record(memory, assembler.message(), assembler.usage, interrupted=False)
@@ -188,7 +247,7 @@ class ChatService:
     async def _record(
         self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
     ) -> None:
-        _note_usage(usage)
+        self._note_usage(usage)
         await self._store.append_turn(
             Turn(
                 owner=memory.owner,
@@ -203,6 +262,18 @@ class ChatService:
             ),
             share_commit=len(self._locks) > 1,
         )
+
+    def _note_usage(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        note(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cached_tokens=cached,
+        )
+        self._metrics.note_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
 
 
 async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: ReplyAssembler) -> None:
@@ -276,17 +347,6 @@ def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | No
         return None
     usage = data.get("usage")
     return message, usage if isinstance(usage, dict) else None
-
-
-def _note_usage(usage: dict[str, Any] | None) -> None:
-    if not usage:
-        return
-    details = usage.get("prompt_tokens_details")
-    note(
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        cached_tokens=details.get("cached_tokens") if isinstance(details, dict) else None,
-    )
 
 
 async def _send_quietly(channel: ReplyChannel, data: bytes) -> None:

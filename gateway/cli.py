@@ -20,10 +20,11 @@ from typing import Any
 from gateway import admin
 from gateway.app import serve
 from gateway.catalog import ConversationCatalog
-from gateway.config import SETTINGS, Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config
 from gateway.errors import GatewayError
 from gateway.keys import KeyStore
 from gateway.logconfig import configure_logging
+from gateway.settings import SETTINGS
 from gateway.store import ConversationStore
 from gateway.transfer import FORMATS, TransferError
 

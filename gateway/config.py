@@ -16,92 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.models import ModelTable, parse_models
+from gateway.settings import SETTINGS
 
 DEFAULT_CONFIG_FILE = "config.toml"
-DASHSCOPE_COMPAT_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
 
 class ConfigError(Exception):
     """A setting is missing, malformed or out of range; the message names it."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its dotted key in config.toml, default, help text, and optional env var / CLI flag."""
-
-    key: str
-    default: Any
-    help: str
-    env: str | None = None
-    flag: str | None = None
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("server.host", "127.0.0.1", "Address to listen on.", "GATEWAY_HOST", "--host"),
-    Setting("server.port", 8080, "TCP port to listen on (0 picks a free port).", "GATEWAY_PORT", "--port"),
-    Setting("server.max_body_bytes", 10 * 1024 * 1024, "Largest request body accepted; larger gets 413."),
-    Setting("storage.path", "./gateway.db", "SQLite database file (created on first start).", "GATEWAY_DB", "--db"),
-    Setting(
-        "storage.synchronous",
-        "normal",
-        "SQLite synchronous mode: 'normal' survives a process crash (kill -9), 'full' also a power cut.",
-    ),
-    Setting("storage.busy_timeout_ms", 5000, "How long a write waits for another process's lock (ms)."),
-    Setting(
-        "storage.cache_messages",
-        50_000,
-        "Messages of recently active conversations kept in memory, saving a database read per turn (0: off).",
-    ),
-    Setting(
-        "upstream.base_url",
-        DASHSCOPE_COMPAT_URL,
-        "OpenAI-compatible upstream; /chat/completions is appended.",
-        "GATEWAY_UPSTREAM_BASE_URL",
-        "--upstream-base-url",
-    ),
-    Setting(
-        "upstream.api_key",
-        "",
-        "Key sent upstream; empty forwards the client's Authorization header instead.",
-        "DASHSCOPE_API_KEY",
-    ),
-    Setting("upstream.connect_timeout", 5.0, "Seconds to open a connection to the upstream."),
-    Setting("upstream.read_timeout", 60.0, "Seconds of upstream silence (before headers or between chunks)."),
-    Setting("upstream.pool_size", 100, "Most simultaneous connections to the upstream."),
-    Setting(
-        "retention.idle_days",
-        0.0,
-        "Delete conversations idle longer than this many days, in the server and with `gateway purge` (0: keep).",
-    ),
-    Setting("retention.purge_interval_seconds", 3600.0, "How often the server looks for idle conversations."),
-    Setting(
-        "auth.mode",
-        "auto",
-        "'open' (owner = hash of the client's credential), 'keys' (gateway keys required), or 'auto' (keys once any "
-        "gateway key exists).",
-    ),
-    Setting(
-        "auth.allow_open",
-        False,
-        "Allow open mode on a non-loopback address while holding an upstream key (anyone reaching it spends it).",
-    ),
-    Setting("limits.concurrent_requests", 0, "Requests one key may have in flight at once (0: no limit)."),
-    Setting("limits.requests_per_minute", 0, "Requests one key may start in any 60 seconds (0: no limit)."),
-    Setting("limits.max_messages", 2048, "Most messages in one chat request; more gets 400."),
-    Setting("limits.max_header_bytes", 16384, "Largest request header line (name and value); larger gets 431."),
-    Setting("memory.low_water", 0.5, "Share of the context window a cut keeps, so later turns share a prefix."),
-    Setting("memory.max_turns", 0, "Most user turns of history sent upstream (0: only the window limits)."),
-    Setting("memory.summarize", False, "Summarize the turns a cut leaves out and send the summary ahead of the rest."),
-    Setting("memory.summary_model", "", "Model that writes summaries ('' : the model of the turn)."),
-    Setting(
-        "memory.summary_prompt",
-        "Summarize the conversation so far for the assistant that will continue it: keep names, numbers, "
-        "decisions, open questions and the user's preferences. Write only the summary.",
-        "Instruction sent with the turns to summarize.",
-    ),
-    Setting("log.level", "info", "One of debug, info, warning, error."),
-    Setting("log.format", "auto", "'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."),
-)
 
 
 @dataclass(frozen=True)
@@ -129,7 +50,15 @@ class Config:
     upstream_base_url: str
     upstream_api_key: str
     connect_timeout: float
-    read_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
+    max_attempts: int
+    backoff_seconds: float
+    retry_after_cap: float
+    retry_budget: float
+    max_in_flight: int
+    drain_seconds: float
+    drain_grace: float
     pool_size: int
     idle_days: float
     purge_interval: float
@@ -235,7 +164,15 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "upstream.base_url": _url,
     "upstream.api_key": lambda k, v: _as_str(k, v).strip(),
     "upstream.connect_timeout": _as_seconds,
-    "upstream.read_timeout": _as_seconds,
+    "upstream.first_byte_timeout": _as_seconds,
+    "upstream.idle_timeout": _as_seconds,
+    "upstream.max_attempts": lambda k, v: _as_int(k, v, 1, 10),
+    "upstream.backoff_seconds": _as_seconds,
+    "upstream.retry_after_cap_seconds": _as_seconds,
+    "upstream.retry_budget_seconds": _as_seconds,
+    "upstream.max_in_flight": lambda k, v: _as_int(k, v, 1, 1_000_000),
+    "server.drain_seconds": _as_seconds,
+    "server.drain_grace_seconds": lambda k, v: _as_number(k, v, "seconds", 0, 3600, zero=True),
     "upstream.pool_size": lambda k, v: _as_int(k, v, 1, 10_000),
     "retention.idle_days": _as_days,
     "retention.purge_interval_seconds": _as_seconds,
@@ -347,7 +284,15 @@ def load_config(
         upstream_base_url=v["upstream.base_url"],
         upstream_api_key=v["upstream.api_key"],
         connect_timeout=v["upstream.connect_timeout"],
-        read_timeout=v["upstream.read_timeout"],
+        first_byte_timeout=v["upstream.first_byte_timeout"],
+        idle_timeout=v["upstream.idle_timeout"],
+        max_attempts=v["upstream.max_attempts"],
+        backoff_seconds=v["upstream.backoff_seconds"],
+        retry_after_cap=v["upstream.retry_after_cap_seconds"],
+        retry_budget=v["upstream.retry_budget_seconds"],
+        max_in_flight=v["upstream.max_in_flight"],
+        drain_seconds=v["server.drain_seconds"],
+        drain_grace=v["server.drain_grace_seconds"],
         pool_size=v["upstream.pool_size"],
         idle_days=v["retention.idle_days"],
         purge_interval=v["retention.purge_interval_seconds"],

@@ -77,6 +77,17 @@ class Conflict(GatewayError):
     type = "invalid_request_error"
 
 
+class Overloaded(GatewayError):
+    """Too many requests in flight: refused at once rather than queued."""
+
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, *, code: str, retry_after: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class StorageUnavailable(GatewayError):
     """The database could not be read or written (locked past the busy timeout, disk full, ...)."""
 

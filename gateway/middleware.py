@@ -21,7 +21,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.access import Gatekeeper, Limiter, Principal
 from gateway.errors import GatewayError, HeadersTooLarge, error_body
+from gateway.lifecycle import Drain
 from gateway.logconfig import note, open_request_fields, request_fields
+from gateway.metrics import Metrics
 
 log = structlog.get_logger("gateway")
 
@@ -29,7 +31,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_STARTED = web.RequestKey("request_started", float)
 GATEKEEPER = web.AppKey("gatekeeper", Gatekeeper)
+METRICS = web.AppKey("metrics", Metrics)
+DRAIN = web.AppKey("drain", Drain)
 LIMITER = web.AppKey("limiter", Limiter)
 MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
 _API_PREFIX = "/v1/"
@@ -53,13 +58,17 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = request[REQUEST_ID] = os.urandom(16).hex()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     open_request_fields(method=request.method, path=request.path)
-    started = time.perf_counter()
+    started = request[REQUEST_STARTED] = time.perf_counter()
+    in_flight = request.app[METRICS].in_flight
+    in_flight.inc()
     try:
         return await _translate_errors(request, handler)
     except asyncio.CancelledError:
         # 499: the client closed the connection before the response was complete.
         _canonical_line(request, 499, time.perf_counter() - started)
         raise
+    finally:
+        in_flight.dec()
 
 
 @web.middleware
@@ -88,12 +97,26 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
 def _canonical_line(request: web.BaseRequest, status: int, seconds: float) -> None:
     level = log.debug if request.path in _QUIET_PATHS else log.info
     level("request", **request_fields(), status=status, duration_ms=round(seconds * 1000, 1))
+    if isinstance(request, web.Request):  # always, in fact: aiohttp's access-log hook is typed more loosely
+        metrics = request.app[METRICS]
+        route = _route(request)
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.duration.labels(route).observe(seconds)
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern, never the path itself (it may hold a conversation id)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, streamed or not, names the request id of its log line."""
+    """on_response_prepare: every response, streamed or not, names the request id of its log line (and its
+    headers leaving are the request's time to first byte)."""
     if REQUEST_ID in request:
         response.headers["X-Gateway-Request-Id"] = request[REQUEST_ID]
+        elapsed = time.perf_counter() - request[REQUEST_STARTED]
+        request.app[METRICS].first_byte.labels(_route(request)).observe(elapsed)
 
 
 async def _translate_errors(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -263,7 +263,19 @@ def _paths() -> dict[str, Any]:
                 "summary": "The database is reachable",
                 "responses": {
                     "200": _json(_ref("Status"), "Ready"),
-                    "503": _json(_ref("Status"), "Not ready"),
+                    "503": _json(_ref("Status"), "Not ready: the database is unreachable, or the server is draining"),
+                    **_errors(431),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
                     **_errors(431),
                 },
             }

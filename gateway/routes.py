@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import __version__
 from gateway.access import tenant_owner
@@ -16,7 +17,7 @@ from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
 from gateway.keys import valid_tenant
 from gateway.logconfig import note
-from gateway.middleware import PRINCIPAL
+from gateway.middleware import DRAIN, METRICS, PRINCIPAL
 from gateway.openapi import document
 from gateway.protocol import dumps, parse_chat_body, parse_json_body, validate_conversation_id
 from gateway.store import ConversationStore
@@ -153,6 +154,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[DRAIN].started:
+        return web.json_response({"status": "draining"}, status=503)
     try:
         await request.app[STORE].ping()
     except Exception as exc:
@@ -170,6 +173,10 @@ async def echo_conversation_id(request: web.Request, response: web.StreamRespons
         response.headers[CONVERSATION_HEADER] = validate_conversation_id(header)
     except InvalidRequest:
         pass
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _openapi_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -195,5 +202,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/conversations/{conversation_id:.+}", delete_conversation)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", _openapi_handler())
     app.on_response_prepare.append(echo_conversation_id)

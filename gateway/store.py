@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,7 @@ class ConversationStore:
         self._data_version: int | None = None
         self._version_checked = False
         self._generation = 0
+        self._observe_write: Callable[[float], None] | None = None
         self._write_lock = asyncio.Lock()  # one open transaction at a time on the waiting connection
         self._dirty = False
         self._batch: list[tuple[Turn, tuple[Any, ...], asyncio.Future[bool]]] = []
@@ -153,6 +154,14 @@ class ConversationStore:
         self._inline.close()
         async with self._write_lock:
             await self._waiting.close()
+
+    def observe_writes(self, observe: Callable[[float], None]) -> None:
+        """Have ``observe`` told how long each inline commit of turns took, in seconds."""
+        self._observe_write = observe
+
+    def count_conversations(self) -> int:
+        (count,) = self._inline.execute("SELECT count(*) FROM conversations").fetchone()
+        return int(count)
 
     async def ping(self) -> None:
         self._inline.execute("SELECT 1 FROM conversations LIMIT 1").fetchall()
@@ -279,6 +288,7 @@ class ConversationStore:
         self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
 
     def _commit_inline(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
+        started = time.perf_counter()
         try:
             for turn, params in batch:
                 self._inline.execute(_RECORD_TURN, params)
@@ -288,6 +298,8 @@ class ConversationStore:
         except BaseException:
             self._inline.rollback()
             raise
+        if self._observe_write is not None:
+            self._observe_write(time.perf_counter() - started)
 
     async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
         async with self.transaction((turn.owner, turn.external_id)) as tx:

@@ -1,13 +1,16 @@
 """UpstreamClient: the one way out to the model API, over the app's single ``ClientSession``.
 
-It owns the upstream URL, credentials, timeouts and the mapping of transport failures to gateway errors
-(connection failures → ``UpstreamUnavailable`` 502, silence past the read timeout → ``UpstreamTimeout`` 504), so
-callers see either an ``UpstreamResponse`` or a ``GatewayError``, never an aiohttp exception.
+It owns the upstream URL, credentials, timeouts, retries (``gateway.retries`` decides which) and the mapping of
+transport failures to gateway errors (connection failures → ``UpstreamUnavailable`` 502, no headers within
+``first_byte_timeout`` or silence between chunks past ``idle_timeout`` → ``UpstreamTimeout`` 504), so callers see
+either an ``UpstreamResponse`` or a ``GatewayError``, never an aiohttp exception.  Retries happen before the
+response is handed on, so never after a byte has reached the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -15,6 +18,9 @@ from types import TracebackType
 import aiohttp
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.logconfig import note
+from gateway.metrics import Metrics
+from gateway.retries import RETRYABLE_STATUSES, RetryPolicy, permanent
 
 # Response headers worth passing back to the client: request ids for support tickets, rate-limit hints.
 _PASS_BACK_EXACT = frozenset({"x-request-id", "request-id", "retry-after", "retry-after-ms", "req-cost-time"})
@@ -28,15 +34,18 @@ class UpstreamSettings:
     base_url: str
     api_key: str
     connect_timeout: float
-    read_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
     pool_size: int
+    retry: RetryPolicy
 
 
 class UpstreamResponse:
     """An open upstream response: status and headers are known, the body is read or streamed by the caller."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self._response = response
+        self._idle = idle_timeout
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
         self.headers = {
@@ -55,7 +64,8 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         try:
-            return await self._response.read()
+            async with asyncio.timeout(self._idle):
+                return await self._response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc) from exc
 
@@ -64,7 +74,8 @@ class UpstreamResponse:
         content = self._response.content
         while True:
             try:
-                data = await content.readany()
+                async with asyncio.timeout(self._idle):
+                    data = await content.readany()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _translate(exc) from exc
             if not data:
@@ -73,13 +84,13 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics) -> None:
         self._session = session
         self._settings = settings
+        self._metrics = metrics
         self._url = f"{settings.base_url}/chat/completions"
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
-        )
+        # Reads are timed by UpstreamResponse (idle_timeout) and headers by _post (first_byte_timeout).
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
 
     @property
     def uses_own_key(self) -> bool:
@@ -109,11 +120,44 @@ class UpstreamClient:
         generating tokens nobody reads."""
         return _Exchange(self, body, self._headers(client_authorization, client_headers))
 
+    async def _send(self, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST, retrying what ``gateway.retries`` allows; the last response or error is the caller's."""
+        policy = self._settings.retry
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.budget
+        attempt = 1
+        while True:
+            try:
+                response = await self._post(body, headers)
+            except UpstreamUnavailable as exc:  # no response at all: nothing was generated
+                wait = policy.delay(attempt, None)
+                if not policy.allows(attempt, wait, deadline - loop.time()):
+                    raise
+                reason = exc.code or "connection"
+            else:
+                if response.status not in RETRYABLE_STATUSES:
+                    return response
+                wait = policy.delay(attempt, response.headers)
+                if not policy.allows(attempt, wait, deadline - loop.time()) or permanent(
+                    await _peek(response, self._settings.idle_timeout)
+                ):
+                    return response
+                response.release()
+                reason = f"http_{response.status}"
+            self._metrics.retries.labels(reason).inc()
+            note(upstream_attempts=attempt + 1, last_retry_reason=reason)
+            await asyncio.sleep(wait)
+            attempt += 1
+
     async def _post(self, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        started = time.perf_counter()
         try:
-            return await self._session.post(self._url, data=body, headers=headers, timeout=self._timeout)
+            async with asyncio.timeout(self._settings.first_byte_timeout):
+                response = await self._session.post(self._url, data=body, headers=headers, timeout=self._timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc) from exc
+        self._metrics.upstream.observe(time.perf_counter() - started)
+        return response
 
 
 class _Exchange:
@@ -128,8 +172,8 @@ class _Exchange:
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> UpstreamResponse:
-        self._response = await self._client._post(self._body, self._headers)
-        return UpstreamResponse(self._response)
+        self._response = await self._client._send(self._body, self._headers)
+        return UpstreamResponse(self._response, self._client._settings.idle_timeout)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -139,6 +183,15 @@ class _Exchange:
             self._response.release()
         else:
             self._response.close()
+
+
+async def _peek(response: aiohttp.ClientResponse, timeout: float) -> bytes:
+    """An error response's body (kept by aiohttp for a later read), or nothing when it cannot be read."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await response.read()
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
 
 
 def _translate(exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:

@@ -34,7 +34,14 @@ def make_config(tmp_path: Path, upstream_url: str, toml: str = "", **flags: Any)
     caller's environment."""
     empty = tmp_path / ("test.toml" if toml else "empty.toml")
     empty.write_text(toml)
-    values = {"storage.path": str(tmp_path / "gateway.db"), "upstream.base_url": upstream_url, "server.port": 0}
+    # One attempt unless a test asks for retries: most tests script a single upstream failure and check that it
+    # reaches the client; tests/test_faults.py covers retries.
+    values = {
+        "storage.path": str(tmp_path / "gateway.db"),
+        "upstream.base_url": upstream_url,
+        "server.port": 0,
+        "upstream.max_attempts": 1,
+    }
     values.update({key.replace("__", "."): value for key, value in flags.items()})
     return load_config(str(empty), env={}, flags=values)
 

@@ -109,7 +109,7 @@ def test_bad_config_file_values_are_named(tmp_path: Path) -> None:
     cases = {
         "[server]\nport = -1\n": "server.port",
         "[storage]\nsynchronous = 'sometimes'\n": "storage.synchronous",
-        "[upstream]\nread_timeout = 0\n": "upstream.read_timeout",
+        "[upstream]\nidle_timeout = 0\n": "upstream.idle_timeout",
         "[server]\ncolour = 'blue'\n": "server.colour: unknown setting",
         "[server\n": "invalid TOML",
         "server = 1\n": "server: expected a [server] table",

@@ -87,7 +87,7 @@ async def test_unreachable_upstream_is_502(tmp_path: Path, http: aiohttp.ClientS
 async def test_upstream_that_never_answers_is_504(
     tmp_path: Path, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    gw = await start_gateway(make_config(tmp_path, upstream.url, upstream__read_timeout=0.5))
+    gw = await start_gateway(make_config(tmp_path, upstream.url, upstream__first_byte_timeout=0.5))
     upstream.script(Script(hang=True))
     try:
         started = time.monotonic()

@@ -165,7 +165,7 @@ async def test_stalled_stream_times_out_with_an_error_event(
 ) -> None:
     from tests.conftest import make_config, start_gateway
 
-    gw = await start_gateway(make_config(tmp_path, upstream.url, upstream__read_timeout=0.5))
+    gw = await start_gateway(make_config(tmp_path, upstream.url, upstream__idle_timeout=0.5))
     try:
         upstream.script(Script(content="stalls after one chunk", gate=asyncio.Event()))
         started = time.monotonic()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SETTINGS, ConfigError, load_config
+from gateway.config import ConfigError, load_config
 from gateway.errors import InvalidRequest
 from gateway.history import fingerprint, plan_turn, replay, resent_prefix_length
+from gateway.settings import SETTINGS
 from gateway.streaming import ReplyAssembler, SseParser
 from gateway.tokens import FRAMING_TOKENS, MEDIA_TOKENS, TokenCounter, family
 from gateway.window import Budget, place_window
