@@ -197,6 +197,6 @@ async def serve(config: Config) -> None:
     await asyncio.sleep(config.drain_grace)
     # aiohttp stops accepting, waits drain_seconds for in-flight handlers, then cancels them; just before that,
     # mark the drain expired so that streams still open end with an error event.
-    loop.call_later(max(0.0, config.drain_seconds - 0.05), drain.expire)
+    loop.call_later(config.drain_seconds - min(0.25, config.drain_seconds / 4), drain.expire)
     await runner.cleanup()
     log.info("server_stopped")

@@ -205,10 +205,14 @@ class ChatService:
         await channel.respond(response.status, response.content_type, headers, body)
 
     async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         self._metrics.open_streams.inc()
+        self._drain.streams.add(task)
         try:
             await self._relay_events(response, channel, memory)
         finally:
+            self._drain.streams.discard(task)
             self._metrics.open_streams.dec()
 
     async def _relay_events(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:

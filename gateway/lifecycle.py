@@ -8,16 +8,22 @@ stopping.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 
 @dataclass
 class Drain:
     started: bool = False
     expired: bool = False
+    streams: set[asyncio.Task[object]] = field(default_factory=set)  # tasks relaying a stream right now
 
     def start(self) -> None:
         self.started = True
 
     def expire(self) -> None:
+        """The deadline: stop the streams still open (their tasks are told by cancellation, while the connection
+        is still up to carry an error event; aiohttp's own cancellation comes a moment later and closes it)."""
         self.expired = True
+        for task in list(self.streams):
+            task.cancel()

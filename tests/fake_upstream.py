@@ -37,6 +37,8 @@ class Script:
     omit_finish: bool = False
     gate: asyncio.Event | None = None  # stream: wait for this after the first chunk
     raw_body: bytes | None = None  # sent as-is with status and a JSON content type
+    reset: bool = False  # drop the connection before any response
+    bad_chunk_after: int | None = None  # stream: send a chunk that is not JSON after this many chunks
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FakeUpstream:
         self.scripts: deque[Script] = deque()
         self.aborted: list[float] = []  # monotonic times at which a client hung up mid-stream
         self.aborted_event = asyncio.Event()
+        self.received_at: list[float] = []  # monotonic arrival time of each request
         self.completed_streams = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -87,6 +90,15 @@ class FakeUpstream:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        except asyncio.CancelledError:  # the gateway hung up before the answer was complete
+            self.aborted.append(time.monotonic())
+            self.aborted_event.set()
+            raise
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.received_at.append(time.monotonic())
         raw = await request.read()
         body = json.loads(raw)
         self.requests.append(Received(body, raw, dict(request.headers)))
@@ -109,6 +121,10 @@ class FakeUpstream:
             }
         if script.content is None and script.tool_calls is None:
             script.content = f"reply {len(self.requests)}"
+        if script.reset:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if script.hang:
             await asyncio.sleep(3600)
         if script.delay:
@@ -155,6 +171,9 @@ class FakeUpstream:
                     assert request.transport is not None
                     request.transport.close()  # a mid-stream connection reset, as a crashed upstream would
                     return response
+                if script.bad_chunk_after is not None and sent == script.bad_chunk_after:
+                    await response.write(b"data: {this is not json\n\n")
+                    return response
                 if script.error_chunk_after is not None and sent == script.error_chunk_after:
                     error = {"error": {"message": "model overloaded", "type": "server_error", "code": "overloaded"}}
                     await response.write(f"data: {json.dumps(error)}\n\n".encode())
@@ -168,7 +187,7 @@ class FakeUpstream:
             if not script.omit_done:
                 await response.write(b"data: [DONE]\n\n")
             self.completed_streams += 1
-        except (asyncio.CancelledError, ConnectionResetError):
+        except ConnectionResetError:
             self.aborted.append(time.monotonic())
             self.aborted_event.set()
             raise
