@@ -31,8 +31,9 @@ from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.ordering import KeyedLocks
 from gateway.protocol import ChatBody, Message, dumps, loads
-from gateway.store import ConversationStore, Turn
+from gateway.store import ConversationStore
 from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
+from gateway.turns import Turn
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
 log = structlog.get_logger("gateway")

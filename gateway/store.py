@@ -1,4 +1,7 @@
-"""ConversationStore: every SQL statement of the gateway, over SQLite in WAL mode.
+"""ConversationStore: the connections to the SQLite database (WAL mode), turns, the history cache, checkpoints.
+
+The storage layer is this module with ``gateway.turns`` (a turn's SQL and row shapes), ``gateway.catalog`` (the
+conversations API and CLI) and ``gateway.keys`` (gateway keys); no other module holds SQL.
 
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
 system messages), the last model, counters and timestamps; a *message* row per stored message holds the message
@@ -14,7 +17,7 @@ used when the inline path meets a lock held by another process (the CLI, say), f
 (listing, reading, deleting conversations), and for WAL checkpoints, which the inline connection never runs
 itself (``wal_autocheckpoint = 0``) because they fsync; a background task runs them.
 
-A turn is a single ``INSERT`` into the ``turn_writes`` view, so it is stored whole or not at all.  Recently active
+A turn is stored whole or not at all (see ``gateway.turns``).  Recently active
 conversations are also held in a ``HistoryCache``; ``PRAGMA data_version`` on the inline connection (a few
 microseconds) tells whether any other connection wrote since the last look, in which case the cache is dropped.
 The price of the inline path: a cache miss reads the history on the event loop, about 4 ms for a 2,000-message
@@ -28,7 +31,6 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,42 +39,10 @@ import structlog
 
 from gateway.cache import HistoryCache, Memory
 from gateway.errors import StorageUnavailable
-from gateway.history import replay
 from gateway.migrations import migrate
-from gateway.protocol import Message, dumps, loads
+from gateway.turns import LOAD, RECORD_TURN, SET_WINDOW, Turn, memory_from_rows, turn_params, window_params
 
 log = structlog.get_logger("gateway")
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One turn to record: the request's new messages and the assistant reply, written together."""
-
-    owner: str
-    external_id: str
-    model: str | None
-    system: list[Message] | None  # replaces the stored system prompt when not None
-    messages: list[Message]
-    reply: Message
-    interrupted: bool
-    usage: dict[str, Any] | None
-    window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
-
-
-_LOAD = """
-SELECT -1 AS seq, system_json, window_start, summary_json, NULL FROM conversations WHERE owner = ? AND external_id = ?
-UNION ALL
-SELECT m.seq, m.body, NULL, NULL, m.usage_json FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
- WHERE c.owner = ? AND c.external_id = ?
-ORDER BY seq
-"""
-
-_RECORD_TURN = """
-INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
-                         prompt_tokens, completion_tokens, cached_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
 
 
 class Transaction:
@@ -176,15 +146,15 @@ class ConversationStore:
                 cached = self._cache.get(key)
                 if cached is not None:
                     return cached
-                rows = self._inline.execute(_LOAD, params).fetchall()
+                rows = self._inline.execute(LOAD, params).fetchall()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
                 self._cache.clear()
-                return _memory(list(await self._waiting.execute_fetchall(_LOAD, params)))
+                return memory_from_rows(list(await self._waiting.execute_fetchall(LOAD, params)))
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
-        memory = _memory(rows)
+        memory = memory_from_rows(rows)
         self._cache.put(key, memory)
         return memory
 
@@ -221,7 +191,7 @@ class ConversationStore:
         commit together with any that finish in it (group commit: one WAL append and lock cycle for all).
         Alone, a turn commits at once rather than pay for the extra loop iterations.
         """
-        params = _turn_params(turn)
+        params = turn_params(turn)
         try:
             if self._inline_writes and share_commit:
                 # Not shielded: a cancelled caller cancels only its future; the batch still records the turn whole
@@ -291,9 +261,9 @@ class ConversationStore:
         started = time.perf_counter()
         try:
             for turn, params in batch:
-                self._inline.execute(_RECORD_TURN, params)
+                self._inline.execute(RECORD_TURN, params)
                 if turn.window is not None:
-                    self._inline.execute(_SET_WINDOW, _window_params(turn))
+                    self._inline.execute(SET_WINDOW, window_params(turn))
             self._inline.commit()
         except BaseException:
             self._inline.rollback()
@@ -303,9 +273,9 @@ class ConversationStore:
 
     async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
         async with self.transaction((turn.owner, turn.external_id)) as tx:
-            await tx.execute(_RECORD_TURN, params)
+            await tx.execute(RECORD_TURN, params)
             if turn.window is not None:
-                await tx.execute(_SET_WINDOW, _window_params(turn))
+                await tx.execute(SET_WINDOW, window_params(turn))
 
     # For the catalog (gateway.catalog): rare, possibly large reads and single-statement writes, on the waiting
     # connection's thread rather than on the event loop.
@@ -358,54 +328,6 @@ class ConversationStore:
                     await self._waiting.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
                     log.warning("checkpoint_failed", error=type(exc).__name__)
-
-
-def _memory(rows: list[Any]) -> Memory:
-    """Memory from ``_LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
-    if not rows:
-        return Memory(exists=False, system=None, messages=(), replayed=())
-    _, system_json, window_start, summary_json, _ = rows[0]
-    messages = tuple(loads(row[1]) for row in rows[1:])
-    last_usage = rows[-1][4] if len(rows) > 1 else None
-    return Memory(
-        exists=True,
-        system=tuple(loads(system_json)) if system_json else None,
-        messages=messages,
-        replayed=tuple(map(replay, messages)),
-        window_start=window_start,
-        summary=loads(summary_json) if summary_json else None,
-        last_usage=loads(last_usage) if last_usage else None,
-    )
-
-
-def _turn_params(turn: Turn) -> tuple[Any, ...]:
-    usage = turn.usage or {}
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    bodies = [dumps(m) for m in (*turn.messages, turn.reply)]
-    return (
-        turn.owner,
-        turn.external_id,
-        time.time(),
-        turn.model,
-        dumps(turn.system) if turn.system is not None else None,
-        dumps(bodies),
-        int(turn.interrupted),
-        dumps(turn.usage) if turn.usage is not None else None,
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(cached),
-    )
-
-
-def _window_params(turn: Turn) -> tuple[Any, ...]:
-    assert turn.window is not None
-    start, summary = turn.window
-    return (start, dumps(summary) if summary is not None else None, turn.owner, turn.external_id)
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -12,7 +12,8 @@ import pytest
 from gateway.cache import HistoryCache, Memory
 from gateway.errors import StorageUnavailable
 from gateway.history import replay
-from gateway.store import ConversationStore, Turn
+from gateway.store import ConversationStore
+from gateway.turns import Turn
 from tests.conftest import Gateway, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream
 

@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from gateway.migrations import MIGRATIONS
-from gateway.store import ConversationStore, Turn
+from gateway.store import ConversationStore
+from gateway.turns import Turn
 
 
 def _turn(conversation: str, text: str, owner: str = "o") -> Turn:

@@ -1,0 +1,97 @@
+"""What a turn writes and what a conversation's rows read back as: the ``Turn`` record, its SQL, and the mapping
+between the two, used by ``store.ConversationStore``.
+
+A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002), so it is stored whole or not at all;
+a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary in the
+same transaction.  Loading reads the conversation row (system prompt, window, summary) and its messages in one
+statement.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.cache import Memory
+from gateway.history import replay
+from gateway.protocol import Message, dumps, loads
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn to record: the request's new messages and the assistant reply, written together."""
+
+    owner: str
+    external_id: str
+    model: str | None
+    system: list[Message] | None  # replaces the stored system prompt when not None
+    messages: list[Message]
+    reply: Message
+    interrupted: bool
+    usage: dict[str, Any] | None
+    window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
+
+
+LOAD = """
+SELECT -1 AS seq, system_json, window_start, summary_json, NULL FROM conversations WHERE owner = ? AND external_id = ?
+UNION ALL
+SELECT m.seq, m.body, NULL, NULL, m.usage_json FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+ WHERE c.owner = ? AND c.external_id = ?
+ORDER BY seq
+"""
+
+RECORD_TURN = """
+INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
+                         prompt_tokens, completion_tokens, cached_tokens)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
+
+
+def memory_from_rows(rows: list[Any]) -> Memory:
+    """Memory from ``LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
+    if not rows:
+        return Memory(exists=False, system=None, messages=(), replayed=())
+    _, system_json, window_start, summary_json, _ = rows[0]
+    messages = tuple(loads(row[1]) for row in rows[1:])
+    last_usage = rows[-1][4] if len(rows) > 1 else None
+    return Memory(
+        exists=True,
+        system=tuple(loads(system_json)) if system_json else None,
+        messages=messages,
+        replayed=tuple(map(replay, messages)),
+        window_start=window_start,
+        summary=loads(summary_json) if summary_json else None,
+        last_usage=loads(last_usage) if last_usage else None,
+    )
+
+
+def turn_params(turn: Turn) -> tuple[Any, ...]:
+    usage = turn.usage or {}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    bodies = [dumps(m) for m in (*turn.messages, turn.reply)]
+    return (
+        turn.owner,
+        turn.external_id,
+        time.time(),
+        turn.model,
+        dumps(turn.system) if turn.system is not None else None,
+        dumps(bodies),
+        int(turn.interrupted),
+        dumps(turn.usage) if turn.usage is not None else None,
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(cached),
+    )
+
+
+def window_params(turn: Turn) -> tuple[Any, ...]:
+    assert turn.window is not None
+    start, summary = turn.window
+    return (start, dumps(summary) if summary is not None else None, turn.owner, turn.external_id)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
