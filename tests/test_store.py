@@ -56,12 +56,12 @@ async def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) ->
 
 
 async def test_history_load_uses_indexes_not_scans(tmp_path: Path) -> None:
-    from gateway.store import _LOAD
+    from gateway.turns import LOAD
 
     store = await ConversationStore.open(tmp_path / "g.db")
     await store.close()
     with sqlite3.connect(tmp_path / "g.db") as db:
-        plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + _LOAD, ("o", "c", "o", "c")))
+        plan = " | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + LOAD, ("o", "c", "o", "c")))
     assert "SCAN m" not in plan and "SCAN messages" not in plan
     assert "SCAN conversations" not in plan and "SCAN c " not in plan
     assert "USING INDEX" in plan or "USING COVERING INDEX" in plan
