@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import platform
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.load import Load, Result, run_load
+from bench.serving import server
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.md"
@@ -80,44 +78,15 @@ def _cpu_seconds(pid: int | None) -> float:
 
 
 @contextmanager
-def _server(args: list[str], log: Path, marker: str) -> Iterator[tuple[int, int]]:
-    """Start a server process; yield (port, pid) once it logged ``marker``; stop it with SIGTERM at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        yield _await_port(proc, log, marker), proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=35)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _await_port(proc: subprocess.Popen[bytes], log: Path, marker: str) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if marker in line:
-                return int(line.split()[1]) if line.startswith("port ") else int(json.loads(line)["port"])
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: a server exited early:\n{log.read_text()}")
-        time.sleep(0.05)
-    raise SystemExit(f"bench: a server did not start:\n{log.read_text()}")
-
-
-@contextmanager
 def _targets(workdir: Path) -> Iterator[dict[str, Target]]:
     python = sys.executable
-    with _server([python, "-m", "bench.upstream"], workdir / "upstream.log", "port ") as (up_port, _):
+    with server([python, "-m", "bench.upstream"], workdir / "upstream.log", "port ") as (up_port, _):
         upstream = f"http://127.0.0.1:{up_port}/v1"
-        with _server([python, "-m", "bench.floor", upstream], workdir / "floor.log", "port ") as (floor_port, floor):
+        with server([python, "-m", "bench.floor", upstream], workdir / "floor.log", "port ") as (floor_port, floor):
             gateway_args = [python, "-m", "gateway", "serve", "--config", str(REPO / "config.toml")]
             gateway_args += ["--host", "127.0.0.1", "--port", "0", "--db", str(workdir / "bench.db")]
             gateway_args += ["--upstream-base-url", upstream]
-            with _server(gateway_args, workdir / "gateway.log", '"server_started"') as (gw_port, gateway):
+            with server(gateway_args, workdir / "gateway.log", '"server_started"') as (gw_port, gateway):
                 gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
                 yield {
                     "direct": Target(f"{upstream}/chat/completions", None),

@@ -1,11 +1,21 @@
-"""Running a benchmark server process: bind an ephemeral loopback port, announce it, serve until SIGTERM."""
+"""Benchmark server processes: inside one, bind an ephemeral loopback port, announce it and serve until SIGTERM
+(``run_until_signalled``); from the runner, start one and learn its port and pid (``server``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def _serve(app: web.Application) -> None:
@@ -24,3 +34,32 @@ async def _serve(app: web.Application) -> None:
 
 def run_until_signalled(app: web.Application) -> None:
     asyncio.run(_serve(app))
+
+
+@contextmanager
+def server(args: list[str], log: Path, marker: str) -> Iterator[tuple[int, int]]:
+    """Start a server process; yield (port, pid) once it logged ``marker``; stop it with SIGTERM at the end."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        yield _await_port(proc, log, marker), proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=35)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _await_port(proc: subprocess.Popen[bytes], log: Path, marker: str) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if marker in line:
+                return int(line.split()[1]) if line.startswith("port ") else int(json.loads(line)["port"])
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: a server exited early:\n{log.read_text()}")
+        time.sleep(0.05)
+    raise SystemExit(f"bench: a server did not start:\n{log.read_text()}")
