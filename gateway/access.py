@@ -56,7 +56,8 @@ class Gatekeeper:
         """Whether requests need a gateway key now (``auto``: once any key exists)."""
         if self._mode == "open":
             return False
-        await self._ring.refresh()
+        if self._ring.stale():
+            await self._ring.refresh()
         return self._mode == "keys" or self._ring.any
 
     async def identify(self, headers: Mapping[str, str]) -> Principal:

@@ -89,6 +89,10 @@ class KeyRing:
         self._by_hash: dict[str, GatewayKey] = {}
         self._generation: int | None = None
 
+    def stale(self) -> bool:
+        """Whether the database changed since the keys were last read (checked without awaiting: per request)."""
+        return self._store.generation() != self._generation
+
     async def refresh(self) -> None:
         """Read the keys again if the database changed since the last read."""
         generation = self._store.generation()
