@@ -182,8 +182,16 @@ async def _soak(url: str, pid: int, seconds: float) -> dict[str, float]:
     }
 
 
-async def _run(workdir: Path, soak_seconds: float) -> str:
+async def _run(workdir: Path, soak_seconds: float, soak_only: bool) -> str:
     lines = ["## Operations", ""]
+    if not soak_only:
+        lines += await _streaming_and_history(workdir)
+    lines.append(await _soak_line(workdir, soak_seconds))
+    return "\n".join(lines)
+
+
+async def _streaming_and_history(workdir: Path) -> list[str]:
+    lines: list[str] = []
     up_args = [PYTHON, "-m", "bench.upstream", "--fault-rate", "0"]
     with server(up_args, workdir / "upstream.log", "port ") as (up_port, _):
         upstream = f"http://127.0.0.1:{up_port}/v1"
@@ -221,30 +229,35 @@ async def _run(workdir: Path, soak_seconds: float) -> str:
             f"| later turns on it (1,000-1,200 turns, from the cache) | {_ms(warm, 0.5):.2f} | {_ms(warm, 0.99):.2f} |",
             "",
         ]
+    return lines
+
+
+async def _soak_line(workdir: Path, soak_seconds: float) -> str:
     faulty_args = [PYTHON, "-m", "bench.upstream", "--fault-rate", "0.1"]
     with server(faulty_args, workdir / "faulty.log", "port ") as (up_port, _):
         gateway_args = [PYTHON, "-m", "gateway", "serve", "--config", str(REPO / "config.toml"), "--port", "0"]
         gateway_args += ["--db", str(workdir / "soak.db"), "--upstream-base-url", f"http://127.0.0.1:{up_port}/v1"]
         with server(gateway_args, workdir / "soak.log", '"server_started"') as (gw_port, pid):
             soak = await _soak(f"http://127.0.0.1:{gw_port}/v1/chat/completions", pid, soak_seconds)
-    lines += [
+    return (
         f"Soak: {soak_seconds:.0f} s at {soak['rate']:.0f} req/s (60% of the measured maximum), 10% of upstream "
         f"answers a 500: {soak['ok']} answered 200, {soak['failed']} failed (a fault that repeated on every "
         f"attempt). Resident memory over the second half: {soak['rss_start']:.1f} -> {soak['rss_end']:.1f} MiB, "
-        f"slope {soak['slope']:+.2f} MiB/min; open file descriptors {soak['fd_min']}-{soak['fd_max']}.",
-    ]
-    return "\n".join(lines)
+        f"slope {soak['slope']:+.2f} MiB/min; open file descriptors {soak['fd_min']}-{soak['fd_max']}."
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.operations", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--soak-seconds", type=float, default=180.0)
+    parser.add_argument("--soak-only", action="store_true", help="skip the streaming and long-history parts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gateway-ops-") as tmp:
-        report = asyncio.run(_run(Path(tmp), args.soak_seconds))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report + "\n")
-    print("\n" + report + f"\n\n(written to {RESULTS.relative_to(REPO)})")
+        report = asyncio.run(_run(Path(tmp), args.soak_seconds, args.soak_only))
+    results = RESULTS.with_name("soak.md") if args.soak_only else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(report + "\n")
+    print("\n" + report + f"\n\n(written to {results.relative_to(REPO)})")
 
 
 if __name__ == "__main__":

@@ -42,9 +42,28 @@ class Metrics:
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures that reached a client, by class.", ["error_class"], registry=r
         )
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._first_byte: dict[str, Histogram] = {}
+        self._token_kinds = {kind: self.tokens.labels(kind) for kind in ("prompt", "completion", "cached")}
         self.db_writes = Histogram(
             "gateway_db_write_seconds", "Time to commit a batch of turns.", buckets=_DB_BUCKETS, registry=r
         )
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """Count an answered request.  The labelled children are kept here: ``labels()`` takes a lock and builds
+        a key on every call, a visible share of a fast request."""
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, str(status)), self.duration.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def first_byte_after(self, route: str, seconds: float) -> None:
+        child = self._first_byte.get(route)
+        if child is None:
+            child = self._first_byte[route] = self.first_byte.labels(route)
+        child.observe(seconds)
 
     def count_conversations(self, count: Callable[[], int]) -> None:
         """Report the number of stored conversations, read when scraped."""
@@ -53,7 +72,7 @@ class Metrics:
     def note_usage(self, prompt: object, completion: object, cached: object) -> None:
         for kind, value in (("prompt", prompt), ("completion", completion), ("cached", cached)):
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                self.tokens.labels(kind).inc(value)
+                self._token_kinds[kind].inc(value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -98,10 +98,7 @@ def _canonical_line(request: web.BaseRequest, status: int, seconds: float) -> No
     level = log.debug if request.path in _QUIET_PATHS else log.info
     level("request", **request_fields(), status=status, duration_ms=round(seconds * 1000, 1))
     if isinstance(request, web.Request):  # always, in fact: aiohttp's access-log hook is typed more loosely
-        metrics = request.app[METRICS]
-        route = _route(request)
-        metrics.requests.labels(route, str(status)).inc()
-        metrics.duration.labels(route).observe(seconds)
+        request.app[METRICS].request_done(_route(request), status, seconds)
 
 
 def _route(request: web.Request) -> str:
@@ -116,7 +113,7 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
     if REQUEST_ID in request:
         response.headers["X-Gateway-Request-Id"] = request[REQUEST_ID]
         elapsed = time.perf_counter() - request[REQUEST_STARTED]
-        request.app[METRICS].first_byte.labels(_route(request)).observe(elapsed)
+        request.app[METRICS].first_byte_after(_route(request), elapsed)
 
 
 async def _translate_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
