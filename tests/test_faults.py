@@ -42,6 +42,15 @@ async def _chat(http: aiohttp.ClientSession, gateway: Gateway, text: str = "hi",
         return r.status, await r.read()
 
 
+async def _stream(http: aiohttp.ClientSession, gateway: Gateway) -> list[str]:
+    """A streamed chat turn's SSE data fields (the stream itself always opens with 200)."""
+    async with http.post(
+        gateway.url + "/v1/chat/completions", json=chat_body(user("hi"), stream=True), headers=HEADERS
+    ) as resp:
+        assert resp.status == 200
+        return await read_sse(resp)
+
+
 async def gauge(http: aiohttp.ClientSession, gateway: Gateway, name: str) -> float:
     async with http.get(gateway.url + "/metrics") as resp:
         text = await resp.text()
@@ -122,10 +131,7 @@ async def test_a_cut_stream_is_an_error_event_nothing_stored_and_no_retry(
     retrying: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     upstream.script(Script(content="a reply long enough to be cut", cut_after=2))
-    async with http.post(
-        retrying.url + "/v1/chat/completions", json=chat_body(user("hi"), stream=True), headers=HEADERS
-    ) as resp:
-        events = await read_sse(resp)
+    events = await _stream(http, retrying)
     assert "[DONE]" not in events and "error" in json.loads(events[-1])
     assert _stored(retrying) == 0 and len(upstream.requests) == 1
 
@@ -135,10 +141,7 @@ async def test_a_stalled_stream_times_out_and_the_next_request_is_fine(
 ) -> None:
     upstream.script(Script(content="stalls after one chunk", gate=asyncio.Event()))
     started = time.monotonic()
-    async with http.post(
-        retrying.url + "/v1/chat/completions", json=chat_body(user("hi"), stream=True), headers=HEADERS
-    ) as resp:
-        events = await read_sse(resp)
+    events = await _stream(http, retrying)
     assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
     assert time.monotonic() - started < 0.5 + 1.0
     status, _ = await _chat(http, retrying, "next")
@@ -149,11 +152,7 @@ async def test_an_invalid_json_chunk_ends_the_stream_cleanly(
     retrying: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     upstream.script(Script(content="some words then garbage", bad_chunk_after=2))
-    async with http.post(
-        retrying.url + "/v1/chat/completions", json=chat_body(user("hi"), stream=True), headers=HEADERS
-    ) as resp:
-        assert resp.status == 200
-        events = await read_sse(resp)
+    events = await _stream(http, retrying)
     assert json.loads(events[-1])["error"]["code"] == "upstream_invalid_response"
     assert _stored(retrying) == 0 and len(upstream.requests) == 1  # no retry loop
     status, _ = await _chat(http, retrying, "next")
