@@ -39,6 +39,7 @@ from gateway.middleware import (
     add_request_id,
     request_context,
 )
+from gateway.native_http import NATIVE_PATH, native_generation
 from gateway.ordering import KeyedLocks
 from gateway.retention import purge_periodically
 from gateway.retries import RetryPolicy
@@ -60,6 +61,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_request_id)
     add_routes(app)
+    app.router.add_post(NATIVE_PATH, native_generation)
     return app
 
 
@@ -112,6 +114,8 @@ def _upstream_settings(config: Config) -> UpstreamSettings:
         idle_timeout=config.idle_timeout,
         pool_size=config.pool_size,
         retry=RetryPolicy(config.max_attempts, config.backoff_seconds, config.retry_after_cap, config.retry_budget),
+        protocol=config.upstream_protocol,
+        native_base_url=config.native_base_url,
     )
 
 

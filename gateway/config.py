@@ -49,6 +49,8 @@ class Config:
     cache_messages: int
     upstream_base_url: str
     upstream_api_key: str
+    upstream_protocol: str
+    native_base_url: str
     connect_timeout: float
     first_byte_timeout: float
     idle_timeout: float
@@ -162,6 +164,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "storage.busy_timeout_ms": lambda k, v: _as_int(k, v, 0, 600_000),
     "storage.cache_messages": lambda k, v: _as_int(k, v, 0, 100_000_000),
     "upstream.base_url": _url,
+    "upstream.protocol": lambda k, v: _choice(k, v, ("compatible", "native")),
+    "upstream.native_base_url": _url,
     "upstream.api_key": lambda k, v: _as_str(k, v).strip(),
     "upstream.connect_timeout": _as_seconds,
     "upstream.first_byte_timeout": _as_seconds,
@@ -283,6 +287,8 @@ def load_config(
         cache_messages=v["storage.cache_messages"],
         upstream_base_url=v["upstream.base_url"],
         upstream_api_key=v["upstream.api_key"],
+        upstream_protocol=v["upstream.protocol"],
+        native_base_url=v["upstream.native_base_url"],
         connect_timeout=v["upstream.connect_timeout"],
         first_byte_timeout=v["upstream.first_byte_timeout"],
         idle_timeout=v["upstream.idle_timeout"],

@@ -24,6 +24,8 @@ from gateway.errors import GatewayError, HeadersTooLarge, error_body
 from gateway.lifecycle import Drain
 from gateway.logconfig import note, open_request_fields, request_fields
 from gateway.metrics import Metrics
+from gateway.native import native_error
+from gateway.protocol import dumps
 
 log = structlog.get_logger("gateway")
 
@@ -37,7 +39,8 @@ METRICS = web.AppKey("metrics", Metrics)
 DRAIN = web.AppKey("drain", Drain)
 LIMITER = web.AppKey("limiter", Limiter)
 MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
-_API_PREFIX = "/v1/"
+_API_PREFIXES = ("/v1/", "/api/v1/")  # OpenAI-compatible, and DashScope's native protocol
+_NATIVE_PREFIX = "/api/v1/"
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
@@ -80,7 +83,7 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
             raise HeadersTooLarge(
                 f"A request header is larger than {limit} bytes.", code="request_header_fields_too_large"
             )
-    if not request.path.startswith(_API_PREFIX):
+    if not request.path.startswith(_API_PREFIXES):
         return await handler(request)
     principal = request[PRINCIPAL] = await request.app[GATEKEEPER].identify(request.headers)
     if principal.key_id is None:
@@ -122,17 +125,24 @@ async def _translate_errors(request: web.Request, handler: Handler) -> web.Strea
     except GatewayError as exc:
         note(error_type=exc.type, error_code=exc.code)
         headers = getattr(exc, "headers", None)
-        return error_response(exc.http_status, exc.body(), headers)
+        return _error(request, exc.http_status, exc.body(), headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         type_ = _HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error" if exc.status < 500 else "server_error")
         note(error_type=type_)
-        return error_response(exc.status, error_body(exc.reason, type_, None))
+        return _error(request, exc.status, error_body(exc.reason, type_, None))
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
     except Exception:
         log.exception("unhandled_error")
-        return error_response(
-            500, error_body("The gateway failed to handle the request.", "server_error", "internal_error")
+        return _error(
+            request, 500, error_body("The gateway failed to handle the request.", "server_error", "internal_error")
         )
+
+
+def _error(request: web.Request, status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    """An error in the caller's protocol: OpenAI's shape, or DashScope's native one on its endpoint."""
+    if request.path.startswith(_NATIVE_PREFIX):
+        body = dumps(native_error(body, request.get(REQUEST_ID, ""))).encode()
+    return error_response(status, body, headers)

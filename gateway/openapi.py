@@ -156,6 +156,24 @@ _SCHEMAS: dict[str, Any] = {
         extra=True,  # every other field passes through to the upstream unchanged
     ),
     "ChatCompletion": {"type": "object", "description": "The upstream's chat completion, unchanged."},
+    "NativeRequest": _object(
+        {
+            "model": {"type": "string"},
+            "input": {"type": "object", "description": "messages, or prompt"},
+            "parameters": {"type": "object", "description": "result_format, incremental_output, and the rest"},
+        },
+        ("model", "input"),
+        extra=True,
+    ),
+    "NativeAnswer": _object(
+        {"output": {"type": "object"}, "usage": {"type": "object"}, "request_id": {"type": "string"}},
+        ("output", "request_id"),
+        extra=True,
+    ),
+    "NativeError": _object(
+        {"code": {"type": "string"}, "message": {"type": "string"}, "request_id": {"type": "string"}},
+        ("code", "message", "request_id"),
+    ),
     "Status": _object({"status": {"type": "string"}, "database": {"type": "string"}}, ("status",)),
 }
 
@@ -203,6 +221,26 @@ def _paths() -> dict[str, Any]:
                     "200": chat_ok,
                     **_errors(400, 401, 413, 429, 431, 503),
                     "default": _json(_ref("Error"), "The upstream's error status, or 502/504 when it failed"),
+                },
+            }
+        },
+        "/api/v1/services/aigc/text-generation/generation": {
+            "post": {
+                "summary": "DashScope's native text generation, with the same memory (X-Conversation-Id)",
+                "parameters": [
+                    {"name": "X-Conversation-Id", "in": "header", "schema": _CONVERSATION_ID},
+                    {"name": "X-DashScope-SSE", "in": "header", "schema": {"type": "string", "enum": ["enable"]}},
+                ],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NativeRequest")}}},
+                "responses": {
+                    "200": {
+                        "description": "The native answer, or native SSE events when streaming",
+                        "content": {
+                            JSON: {"schema": _ref("NativeAnswer")},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "default": _json(_ref("NativeError"), "A native error: code, message, request_id"),
                 },
             }
         },

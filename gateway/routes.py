@@ -53,7 +53,7 @@ class HttpChannel:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    raw = await _read_body(request)
+    raw = await read_body(request)
     header = request.headers.get(CONVERSATION_HEADER)
     conversation_id = validate_conversation_id(header) if header is not None else None
     body = parse_chat_body(raw, max_messages=request.app[CONFIG].max_messages)
@@ -72,7 +72,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return channel.response
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request) -> bytes:
     limit = request.app[CONFIG].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large")
@@ -121,7 +121,7 @@ async def delete_conversation(request: web.Request) -> web.Response:
 
 async def _json_body(request: web.Request) -> Any:
     """The request's JSON body, or None when it has none (every field of these bodies is optional)."""
-    raw = await _read_body(request)
+    raw = await read_body(request)
     return parse_json_body(raw) if raw.strip() else None
 
 

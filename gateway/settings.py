@@ -48,6 +48,13 @@ SETTINGS: tuple[Setting, ...] = (
         "--upstream-base-url",
     ),
     Setting(
+        "upstream.protocol",
+        "compatible",
+        "'compatible': every request goes to base_url as OpenAI chat completions; 'native': to native_base_url in "
+        "DashScope's own protocol.",
+    ),
+    Setting("upstream.native_base_url", "https://dashscope.aliyuncs.com/api/v1", "DashScope's native API base URL."),
+    Setting(
         "upstream.api_key",
         "",
         "Key sent upstream; empty forwards the client's Authorization header instead.",

@@ -20,7 +20,10 @@ import aiohttp
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.logconfig import note
 from gateway.metrics import Metrics
+from gateway.native import native_request, openai_chunk, openai_completion, openai_error
+from gateway.protocol import dumps, loads
 from gateway.retries import RETRYABLE_STATUSES, RetryPolicy, permanent
+from gateway.streaming import SseParser
 
 # Response headers worth passing back to the client: request ids for support tickets, rate-limit hints.
 _PASS_BACK_EXACT = frozenset({"x-request-id", "request-id", "retry-after", "retry-after-ms", "req-cost-time"})
@@ -38,6 +41,8 @@ class UpstreamSettings:
     idle_timeout: float
     pool_size: int
     retry: RetryPolicy
+    protocol: str = "compatible"  # or "native": DashScope's own protocol, at native_base_url
+    native_base_url: str = ""
 
 
 class UpstreamResponse:
@@ -83,12 +88,43 @@ class UpstreamResponse:
             yield data
 
 
+class NativeUpstreamResponse(UpstreamResponse):
+    """A response of DashScope's native endpoint, read and streamed as if it were OpenAI-shaped (the gateway's
+    working shape): ``gateway.native`` translates the body, the error body and each SSE event."""
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+        super().__init__(response, idle_timeout)
+        self._parser = SseParser()
+
+    async def read(self) -> bytes:
+        raw = await super().read()
+        if self.status >= 400:
+            return openai_error(raw)
+        try:
+            return dumps(openai_completion(loads(raw))).encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return raw  # not a native answer: the caller reports it as such
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for data in super().chunks():
+            out = b"".join(
+                openai_chunk(event.event, event.data) for event in self._parser.feed(data) if event.data is not None
+            )
+            if out:
+                yield out
+
+
 class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics) -> None:
         self._session = session
         self._settings = settings
         self._metrics = metrics
-        self._url = f"{settings.base_url}/chat/completions"
+        self._native = settings.protocol == "native"
+        self._url = (
+            f"{settings.native_base_url}/services/aigc/text-generation/generation"
+            if self._native
+            else f"{settings.base_url}/chat/completions"
+        )
         # Reads are timed by UpstreamResponse (idle_timeout) and headers by _post (first_byte_timeout).
         self._timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
 
@@ -118,7 +154,13 @@ class UpstreamClient:
         """``async with`` it: POST a chat completion; the block gets the response once headers arrived.  Leaving
         the block early (client gone, error) closes the connection, which is what stops the upstream from
         generating tokens nobody reads."""
-        return _Exchange(self, body, self._headers(client_authorization, client_headers))
+        headers = self._headers(client_authorization, client_headers)
+        if self._native:
+            request = loads(body)
+            body = dumps(native_request(request)).encode()
+            if request.get("stream"):
+                headers["X-DashScope-SSE"] = "enable"
+        return _Exchange(self, body, headers)
 
     async def _send(self, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """POST, retrying what ``gateway.retries`` allows; the last response or error is the caller's."""
@@ -173,7 +215,8 @@ class _Exchange:
 
     async def __aenter__(self) -> UpstreamResponse:
         self._response = await self._client._send(self._body, self._headers)
-        return UpstreamResponse(self._response, self._client._settings.idle_timeout)
+        kind = NativeUpstreamResponse if self._client._native else UpstreamResponse
+        return kind(self._response, self._client._settings.idle_timeout)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

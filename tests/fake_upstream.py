@@ -68,6 +68,10 @@ class FakeUpstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def native_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
     def script(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
 
@@ -78,6 +82,7 @@ class FakeUpstream:
     async def start(self) -> FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/api/v1/services/aigc/text-generation/generation", self._native)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -157,6 +162,32 @@ class FakeUpstream:
             "usage": usage,
         }
         return web.json_response(completion, headers={"x-request-id": f"req-{len(self.requests)}", **script.headers})
+
+    async def _native(self, request: web.Request) -> web.StreamResponse:
+        """DashScope's native protocol: replies in message format, streamed incrementally when asked to."""
+        raw = await request.read()
+        body = json.loads(raw)
+        self.requests.append(Received(body, raw, dict(request.headers)))
+        script = self.scripts.popleft() if self.scripts else Script()
+        content = script.content if script.content is not None else f"reply {len(self.requests)}"
+        request_id = f"native-{len(self.requests)}"
+        if script.status >= 400:
+            error = {"code": "InvalidParameter", "message": "scripted native failure", "request_id": request_id}
+            return web.json_response(error, status=script.status)
+        usage = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
+        if request.headers.get("X-DashScope-SSE") != "enable":
+            message = {"role": "assistant", "content": content}
+            output = {"choices": [{"finish_reason": "stop", "message": message}]}
+            return web.json_response({"output": output, "usage": usage, "request_id": request_id})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        pieces = _split(content, script.chunk_size)
+        for n, piece in enumerate(pieces, 1):
+            last = n == len(pieces)
+            choice = {"message": {"role": "assistant", "content": piece}, "finish_reason": "stop" if last else "null"}
+            event = {"output": {"choices": [choice]}, "usage": usage, "request_id": request_id}
+            await response.write(f"id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(event)}\n\n".encode())
+        return response
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], script: Script, usage: dict[str, Any]
