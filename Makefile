@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench container-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench examples
 	$(BIN)/ruff format --check gateway tests bench examples
 	$(BIN)/mypy
+
+container-test: $(STAMP)
+	$(BIN)/python -m tests.container_check
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

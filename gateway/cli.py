@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                 setting.flag,
                 dest=setting.key,
                 metavar=setting.key.split(".")[-1].upper(),
-                help=f"{setting.help} [{setting.key}, env {setting.env}, default {setting.default}]",
+                help=f"{setting.help} [{setting.key}, env {setting.variable}, default {setting.default}]",
             )
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument("--config", metavar="PATH", help="config file (default: ./config.toml if present)")

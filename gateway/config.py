@@ -263,9 +263,9 @@ def load_config(
         values.update(file_values)
         sources.update({key: str(path) for key in file_values})
     for setting in SETTINGS:
-        if setting.env and env.get(setting.env):
-            values[setting.key] = env[setting.env]
-            sources[setting.key] = setting.env
+        if env.get(setting.variable):
+            values[setting.key] = env[setting.variable]
+            sources[setting.key] = setting.variable
         if flags.get(setting.key) is not None:
             values[setting.key] = flags[setting.key]
             sources[setting.key] = str(setting.flag)

@@ -13,13 +13,19 @@ DASHSCOPE_COMPAT_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its dotted key in config.toml, default, help text, and optional env var / CLI flag."""
+    """One setting: its dotted key in config.toml, default, help text, and optional env var / CLI flag.  A setting
+    without a named variable is read from ``GATEWAY_<SECTION>_<NAME>`` (``auth.mode``: ``GATEWAY_AUTH_MODE``), so
+    a container can be configured entirely through its environment."""
 
     key: str
     default: Any
     help: str
     env: str | None = None
     flag: str | None = None
+
+    @property
+    def variable(self) -> str:
+        return self.env or "GATEWAY_" + self.key.upper().replace(".", "_")
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -24,6 +24,8 @@ async def _sdk_session() -> AsyncIterator[None]:
     """The SDK shares one aiohttp session per process; each test has its own event loop, so close it after each."""
     yield
     await close_shared_aio_session()
+
+
 NATIVE = "/api/v1/services/aigc/text-generation/generation"
 
 

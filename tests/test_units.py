@@ -254,3 +254,11 @@ def test_token_history_counts_only_what_was_appended() -> None:
     assert len(counter.history("k", None, grown)) == 3
     edited = [dict(U1), A1]  # same content, other objects: a reload from the database counts again
     assert counter.history("k", None, edited) == counter.history("other", None, edited)
+
+
+def test_every_setting_can_come_from_the_environment(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.touch()
+    config = load_config(str(empty), env={"GATEWAY_AUTH_MODE": "keys", "GATEWAY_MEMORY_MAX_TURNS": "12"})
+    assert (config.auth_mode, config.max_turns) == ("keys", 12)
+    assert all(setting.variable.startswith(("GATEWAY_", "DASHSCOPE_")) for setting in SETTINGS)
