@@ -12,29 +12,28 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.chat import ChatRequest, ClientGone
+from gateway.chat import ClientGone
 from gateway.errors import error_body
 from gateway.logconfig import note
-from gateway.middleware import PRINCIPAL, REQUEST_ID
+from gateway.middleware import REQUEST_ID
 from gateway.native import NativeStream, answer_shape, native_error, native_reply, openai_body
-from gateway.protocol import dumps, loads, parse_chat_body, parse_json_body, validate_conversation_id
-from gateway.routes import CHAT, CONFIG, CONVERSATION_HEADER, read_body
+from gateway.protocol import dumps, loads, parse_chat_body, parse_json_body
+from gateway.routes import CONFIG, HttpChannel, answer_chat, read_body
 from gateway.streaming import DONE, SseParser
 
 NATIVE_PATH = "/api/v1/services/aigc/text-generation/generation"
 _NOT_FORWARDED = frozenset({"x-dashscope-sse"})  # the native framing switch: the upstream speaks OpenAI here
 
 
-class NativeChannel:
+class NativeChannel(HttpChannel):
     """The use case's ``ReplyChannel``, answering in the native protocol."""
 
     def __init__(self, request: web.Request, result_format: str, incremental: bool, request_id: str) -> None:
-        self._request = request
+        super().__init__(request)
         self._format = result_format
         self._request_id = request_id
         self._stream = NativeStream(result_format, incremental, request_id)
         self._parser = SseParser()
-        self.response: web.StreamResponse | None = None
 
     async def respond(self, status: int, content_type: str, headers: Mapping[str, str], body: bytes) -> None:
         if status < 400:
@@ -83,26 +82,13 @@ class NativeChannel:
 async def native_generation(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request)
     native = parse_json_body(raw)
-    stream = request.headers.get(
-        "X-DashScope-SSE", ""
-    ).lower() == "enable" or "text/event-stream" in request.headers.get("Accept", "")
+    sse = request.headers.get("X-DashScope-SSE", "").lower() == "enable"
+    stream = sse or "text/event-stream" in request.headers.get("Accept", "")
     body = parse_chat_body(
         dumps(openai_body(native, stream=stream)).encode(), max_messages=request.app[CONFIG].max_messages
     )
-    header = request.headers.get(CONVERSATION_HEADER)
-    conversation_id = validate_conversation_id(header) if header is not None else None
-    principal = request[PRINCIPAL]
-    authorization = request.headers.get("Authorization") if principal.key_id is None else None
-    note(conversation_id=conversation_id, model=body.model, stream=body.stream, protocol="native")
+    note(protocol="native")
     result_format, incremental = answer_shape(native)
     channel = NativeChannel(request, result_format, incremental, request[REQUEST_ID])
     forwarded = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
-    try:
-        await request.app[CHAT].complete(
-            ChatRequest(body, dumps(body.fields).encode(), conversation_id, principal.owner, authorization, forwarded),
-            channel,
-        )
-    except ClientGone:
-        pass
-    assert channel.response is not None, "the use case always answers"
-    return channel.response
+    return await answer_chat(request, body, dumps(body.fields).encode(), channel, forwarded)

@@ -19,7 +19,7 @@ from gateway.keys import valid_tenant
 from gateway.logconfig import note
 from gateway.middleware import DRAIN, METRICS, PRINCIPAL
 from gateway.openapi import document
-from gateway.protocol import dumps, parse_chat_body, parse_json_body, validate_conversation_id
+from gateway.protocol import ChatBody, dumps, parse_chat_body, parse_json_body, validate_conversation_id
 from gateway.store import ConversationStore
 
 CONFIG = web.AppKey("config", Config)
@@ -54,17 +54,29 @@ class HttpChannel:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request)
+    body = parse_chat_body(raw, max_messages=request.app[CONFIG].max_messages)
+    return await answer_chat(request, body, raw, HttpChannel(request))
+
+
+async def answer_chat(
+    request: web.Request,
+    body: ChatBody,
+    raw: bytes,
+    channel: HttpChannel,
+    forwarded: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Run the chat use case for a parsed body (OpenAI's, or translated from the native protocol) and return
+    the response ``channel`` made."""
     header = request.headers.get(CONVERSATION_HEADER)
     conversation_id = validate_conversation_id(header) if header is not None else None
-    body = parse_chat_body(raw, max_messages=request.app[CONFIG].max_messages)
     principal = request[PRINCIPAL]
     # A client's own credential may go upstream (open mode); a gateway key never does.
     authorization = request.headers.get("Authorization") if principal.key_id is None else None
     note(conversation_id=conversation_id, model=body.model, stream=body.stream)
-    channel = HttpChannel(request)
+    headers = forwarded if forwarded is not None else request.headers
     try:
         await request.app[CHAT].complete(
-            ChatRequest(body, raw, conversation_id, principal.owner, authorization, request.headers), channel
+            ChatRequest(body, raw, conversation_id, principal.owner, authorization, headers), channel
         )
     except ClientGone:
         pass
