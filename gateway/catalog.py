@@ -34,6 +34,8 @@ class ConversationInfo:
     completion_tokens: int
     cached_tokens: int
     system: list[Message] | None
+    window_start: int = 0  # where the upstream window of the history starts (gateway.window)
+    summary: Message | None = None  # the summary of what lies before it
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class NewMessage:
 
 
 _COLUMNS = """id, owner, external_id, created_at, updated_at, message_count, model, metadata_json,
-       prompt_tokens, completion_tokens, cached_tokens, system_json"""
+       prompt_tokens, completion_tokens, cached_tokens, system_json, window_start, summary_json"""
 
 # Pages of conversations by recent activity; ties (same updated_at) are broken by the row id.  A page starts
 # after the cursor's (updated_at, id), or at the start when :cursor_id is NULL.  Keyed by (scope, order): scope
@@ -94,8 +96,8 @@ _MESSAGE_SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
 
 _CREATE_CONVERSATION = """
 INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json,
-                           message_count, prompt_tokens, completion_tokens, cached_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
+                           message_count, prompt_tokens, completion_tokens, cached_tokens, window_start, summary_json)
+VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)
 ON CONFLICT (owner, external_id) DO NOTHING
 """
 _INSERT_MESSAGE = """
@@ -223,6 +225,8 @@ class ConversationCatalog:
                     info.prompt_tokens,
                     info.completion_tokens,
                     info.cached_tokens,
+                    info.window_start,
+                    dumps(info.summary) if info.summary is not None else None,
                 ),
             )
             if not created:
@@ -319,4 +323,6 @@ def _conversation(row: Any) -> ConversationInfo:
         completion_tokens=row[9],
         cached_tokens=row[10],
         system=loads(row[11]) if row[11] else None,
+        window_start=row[12],
+        summary=loads(row[13]) if row[13] else None,
     )

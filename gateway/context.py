@@ -103,7 +103,8 @@ class ContextPlanner:
         # The upstream's own count of the last request, where known, corrects ours when ours falls short.
         measured = _measured(stored, self._counter.messages(model, new))
         fixed += max(0, (measured or 0) - (fixed + lead_tokens + sum(counts[window.start :])))
-        start = place_window(roles, counts, fixed + lead_tokens, window.start, budget)
+        loop_open = not any(m.get("role") == "user" for m in new)
+        start = place_window(roles, counts, fixed + lead_tokens, window.start, budget, loop_open=loop_open)
         if start > window.start and self._summarizer is not None:
             written = await self._summarizer.summarize(
                 summary,
@@ -114,8 +115,14 @@ class ContextPlanner:
                 headers=headers,
             )
             if written is not None:
-                summary = written
-                start = place_window(roles, counts, fixed + self._counter.message(model, summary), start, budget)
+                try:
+                    placed = place_window(
+                        roles, counts, fixed + self._counter.message(model, written), start, budget, loop_open=loop_open
+                    )
+                except InvalidRequest:
+                    pass  # no room for the summary: go without it rather than fail a request that fits
+                else:
+                    summary, start = written, placed
         lead = [summary] if summary is not None else []
         changed = start != window.start or summary is not window.summary
         return Window(lead, full[start:], start, summary, window.limit, changed)

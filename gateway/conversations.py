@@ -7,6 +7,7 @@ ordering as chat turns, so it never lands in the middle of one.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 _MESSAGE_ID_PREFIX = "msg_"
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit also takes "²"), and within SQLite's integers
 _ALL_MESSAGES = 1 << 62  # a seq past any conversation's last message
 PURGE_BATCH = 500
 
@@ -37,7 +39,7 @@ class PageRequest:
 def parse_page(query: Mapping[str, str], *, default_order: str) -> PageRequest:
     """``limit`` (1-100, default 20), ``order`` (asc|desc) and ``after`` (an id) from query parameters."""
     raw_limit = query.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not _DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_LIMIT}.", code="invalid_limit", param="limit")
     order = query.get("order", default_order)
     if order not in ("asc", "desc"):
@@ -158,7 +160,7 @@ class ConversationsService:
 
     async def _seq_of(self, conversation: ConversationInfo, message_id: Any, param: str, code: str) -> int:
         row_id = message_id.removeprefix(_MESSAGE_ID_PREFIX) if isinstance(message_id, str) else ""
-        seq = await self._catalog.message_seq(conversation, int(row_id)) if row_id.isdigit() else None
+        seq = await self._catalog.message_seq(conversation, int(row_id)) if _DIGITS.fullmatch(row_id) else None
         if seq is None:
             raise InvalidRequest(f"'{param}' names no message of this conversation.", code=code, param=param)
         return seq

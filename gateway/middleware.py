@@ -136,6 +136,8 @@ async def _translate_errors(request: web.Request, handler: Handler) -> web.Strea
         raise
     except Exception:
         log.exception("unhandled_error")
+        if request.writer.output_size > 0:
+            raise  # a response is on the wire already: aiohttp closes the connection rather than send a second
         return _error(
             request, 500, error_body("The gateway failed to handle the request.", "server_error", "internal_error")
         )

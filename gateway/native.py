@@ -92,6 +92,10 @@ def native_error(openai_error_body: bytes, request_id: str) -> dict[str, Any]:
     return {"code": str(code), "message": str(error.get("message") or "request failed"), "request_id": request_id}
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 class NativeStream:
     """Turns the OpenAI stream chunks of one reply into native SSE events.  The event that finishes the reply is
     held back until the usage (which OpenAI streams send in a chunk of its own, after it) or the end arrives, so
@@ -112,11 +116,14 @@ class NativeStream:
         usage = native_usage(chunk.get("usage"))
         if usage is not None:
             self._usage = usage
-        choices = chunk.get("choices") or []
-        if not choices:
+        choices = chunk.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(first, dict):
             return b""
-        delta, finish = choices[0].get("delta") or {}, choices[0].get("finish_reason")
-        content, reasoning = delta.get("content") or "", delta.get("reasoning_content") or ""
+        raw_delta = first.get("delta")
+        delta: dict[str, Any] = raw_delta if isinstance(raw_delta, dict) else {}
+        finish = first.get("finish_reason")
+        content, reasoning = _text(delta.get("content")), _text(delta.get("reasoning_content"))
         self._content += content
         self._reasoning += reasoning
         message: Message = {"role": "assistant", "content": content if self._incremental else self._content}

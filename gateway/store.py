@@ -281,8 +281,11 @@ class ConversationStore:
     # connection's thread rather than on the event loop.
 
     async def read(self, sql: str, params: Any) -> list[Any]:
+        """A read on the waiting connection; behind any transaction open on it, whose uncommitted rows it would
+        otherwise see."""
         try:
-            return list(await self._waiting.execute_fetchall(sql, params))
+            async with self._write_lock:
+                return list(await self._waiting.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
 

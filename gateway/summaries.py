@@ -51,7 +51,7 @@ class Summarizer:
         }
         try:
             async with self._upstream.chat_completions(
-                dumps(body).encode(), client_authorization=authorization, client_headers=headers
+                dumps(body).encode(), client_authorization=authorization, client_headers={}
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -86,7 +86,8 @@ def _text(message: Message) -> str:
     parts = [content] if isinstance(content, str) else []
     if isinstance(content, list):
         parts += [str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"]
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
             parts.append(f"[calls {function.get('name')}({function.get('arguments', '')})]")

@@ -76,7 +76,8 @@ class TokenCounter:
         for key in ("name", "tool_call_id", "reasoning_content"):
             if isinstance(message.get(key), str):
                 total += self.text(model, message[key])
-        for call in message.get("tool_calls") or ():
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 total += FRAMING_TOKENS + self.text(model, dumps(function))

@@ -1,8 +1,9 @@
 """Export and import formats for stored conversations (pure code: records in, lines out, and back).
 
 ``jsonl`` is the exact format: a ``conversation`` line (id, owner, times, model, metadata, system prompt, token
-totals) followed by one ``conversation.message`` line per message (the message as stored, its time, interrupted
-flag and usage).  Importing it rebuilds the conversation exactly, so export → import → export gives the same bytes.
+totals, the context window's cut and summary) followed by one ``conversation.message`` line per message (the
+message as stored, its time, interrupted flag and usage).  Importing it rebuilds the conversation exactly, so
+export → import → export gives the same bytes.
 A file may hold several conversations one after another.
 
 ``openai`` is one line per conversation, ``{"model", "messages", "metadata"}``: the system prompt and history as a
@@ -60,6 +61,7 @@ def export_lines(info: ConversationInfo, messages: Sequence[StoredMessage], fmt:
             "completion_tokens": info.completion_tokens,
             "cached_tokens": info.cached_tokens,
         },
+        "window": {"start": info.window_start, "summary": info.summary},
     }
     lines = [
         dumps(
@@ -136,7 +138,19 @@ def _header(record: dict[str, Any], owner: str | None) -> ConversationInfo:
         completion_tokens=_typed(usage["completion_tokens"], int),
         cached_tokens=_typed(usage["cached_tokens"], int),
         system=system,
+        **_window(record.get("window")),
     )
+
+
+def _window(value: Any) -> dict[str, Any]:
+    """The context window's cut and summary (absent from older exports: the whole history, no summary)."""
+    if value is None:
+        return {}
+    summary = value["summary"]
+    return {
+        "window_start": _typed(value["start"], int),
+        "summary": validate_messages([summary])[0] if summary is not None else None,
+    }
 
 
 def _message(record: dict[str, Any]) -> NewMessage:

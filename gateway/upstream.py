@@ -17,7 +17,7 @@ from types import TracebackType
 
 import aiohttp
 
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamInvalidResponse, UpstreamTimeout, UpstreamUnavailable
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.native import native_request, openai_chunk, openai_completion, openai_error
@@ -107,9 +107,14 @@ class NativeUpstreamResponse(UpstreamResponse):
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for data in super().chunks():
-            out = b"".join(
-                openai_chunk(event.event, event.data) for event in self._parser.feed(data) if event.data is not None
-            )
+            try:
+                out = b"".join(
+                    openai_chunk(event.event, event.data) for event in self._parser.feed(data) if event.data is not None
+                )
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                raise UpstreamInvalidResponse(
+                    "The upstream sent a malformed stream event.", code="upstream_invalid_response"
+                ) from exc
             if out:
                 yield out
 
@@ -180,10 +185,14 @@ class UpstreamClient:
                 if response.status not in RETRYABLE_STATUSES:
                     return response
                 wait = policy.delay(attempt, response.headers)
-                if not policy.allows(attempt, wait, deadline - loop.time()) or permanent(
-                    await _peek(response, self._settings.idle_timeout)
-                ):
-                    return response
+                try:
+                    if not policy.allows(attempt, wait, deadline - loop.time()) or permanent(
+                        await _peek(response, self._settings.idle_timeout)
+                    ):
+                        return response
+                except BaseException:  # cancelled while reading: nobody else will close it
+                    response.close()
+                    raise
                 response.release()
                 reason = f"http_{response.status}"
             self._metrics.retries.labels(reason).inc()

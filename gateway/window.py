@@ -27,33 +27,59 @@ class Budget:
     max_turns: int  # most user turns of history (0: no cap)
 
 
-def place_window(roles: Sequence[str | None], counts: Sequence[int], fixed: int, start: int, budget: Budget) -> int:
+def place_window(
+    roles: Sequence[str | None],
+    counts: Sequence[int],
+    fixed: int,
+    start: int,
+    budget: Budget,
+    *,
+    loop_open: bool = False,
+) -> int:
     """The history index the request starts at.  ``roles`` and ``counts`` describe the stored history; ``fixed``
-    is everything sent whatever the cut (system prompt, summary, new messages, tools).  Raises
-    ``InvalidRequest`` (context_length_exceeded) when ``fixed`` alone does not fit."""
+    is everything sent whatever the cut (system prompt, summary, new messages, tools).  ``loop_open``: the
+    request continues the last user turn (it brings tool results), so the window may not open after that turn's
+    user message, or the results would go upstream without the tool calls they answer.  Raises
+    ``InvalidRequest`` (context_length_exceeded) when what must be sent does not fit."""
     if fixed > budget.limit:
-        raise InvalidRequest(
-            f"The new messages need about {fixed} tokens with the system prompt, more than the {budget.limit} this "
-            "model's context window leaves after the reply reserve.",
-            code="context_length_exceeded",
-            param="messages",
-        )
+        raise _too_long(fixed, budget)
     n = len(roles)
     starts = [i for i in range(n) if roles[i] == "user"] + [n]  # where a window may open
+    if loop_open and len(starts) > 1:
+        starts.pop()  # the current turn stays whole
     tail_tokens = [0] * (n + 1)
     for i in range(n - 1, -1, -1):
         tail_tokens[i] = tail_tokens[i + 1] + counts[i]
-    # starts[j] opens a window holding len(starts) - 1 - j user turns (the last entry is the empty window)
-    j = next(j for j, s in enumerate(starts) if s >= min(start, n))
-    turns = len(starts) - 1 - j
-    if fixed + tail_tokens[starts[j]] <= budget.limit and not (budget.max_turns and turns > budget.max_turns):
+    # starts[k] opens a window holding ``turns(k)`` user turns of history
+    ends_empty = starts[-1] == n
+
+    def turns(k: int) -> int:
+        return len(starts) - k - (1 if ends_empty else 0)
+
+    j = next((k for k, s in enumerate(starts) if s >= min(start, n)), len(starts) - 1)
+
+    def fits(k: int, tokens: float, max_turns: int) -> bool:
+        return fixed + tail_tokens[starts[k]] <= tokens and not (max_turns and turns(k) > max_turns)
+
+    if fits(j, budget.limit, budget.max_turns):
         return starts[j]
-    keep_tokens = budget.low_water * budget.limit
-    keep_turns = math.floor(budget.max_turns * budget.low_water) if budget.max_turns else n
-    for k in range(j, len(starts)):
-        if fixed + tail_tokens[starts[k]] <= keep_tokens and len(starts) - 1 - k <= keep_turns:
-            return starts[k]
-    return n
+    # Over: cut down to the low-water mark, so the following turns share this prefix; failing that (the current
+    # turn alone is bigger), keep as much as fits.
+    keep_turns = max(1, math.floor(budget.max_turns * budget.low_water)) if budget.max_turns else 0
+    for tokens, max_turns in ((budget.low_water * budget.limit, keep_turns), (budget.limit, budget.max_turns)):
+        for k in range(j, len(starts)):
+            if fits(k, tokens, max_turns):
+                return starts[k]
+    raise _too_long(fixed + tail_tokens[starts[-1]], budget)
+
+
+def _too_long(tokens: int, budget: Budget) -> InvalidRequest:
+    return InvalidRequest(
+        f"The new messages need about {tokens} tokens with the system prompt (and the turn they continue), more "
+        f"than the {budget.limit} this model's context window leaves after the reply reserve.",
+        code="context_length_exceeded",
+        param="messages",
+    )
 
 
 def with_reasoning(

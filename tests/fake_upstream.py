@@ -183,6 +183,9 @@ class FakeUpstream:
         await response.prepare(request)
         pieces = _split(content, script.chunk_size)
         for n, piece in enumerate(pieces, 1):
+            if script.bad_chunk_after is not None and n > script.bad_chunk_after:
+                await response.write(b"id:99\nevent:result\n:HTTP_STATUS/200\ndata:{not json\n\n")
+                return response
             last = n == len(pieces)
             choice = {"message": {"role": "assistant", "content": piece}, "finish_reason": "stop" if last else "null"}
             event = {"output": {"choices": [choice]}, "usage": usage, "request_id": request_id}

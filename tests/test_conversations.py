@@ -122,6 +122,8 @@ async def test_another_owner_gets_the_same_404_as_a_missing_id_and_changes_nothi
         ("limit=ten", "limit"),
         ("order=sideways", "order"),
         ("after=nope", "after"),
+        ("limit=\u00b2", "limit"),  # a digit to str.isdigit, not to int()
+        ("after=msg_99999999999999999999", "after"),  # past SQLite's integers
     ],
 )
 async def test_bad_paging_parameters_are_400(

@@ -3,6 +3,7 @@ protocols mixed within one conversation, errors in the native shape, and a nativ
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from dashscope import AioGeneration
 from dashscope.api_entities.aio_session import close_shared_aio_session
 
-from tests.conftest import Gateway, make_config, start_gateway, user
+from tests.conftest import Gateway, make_config, read_sse, start_gateway, user
 from tests.fake_upstream import FakeUpstream, Script
 
 SYSTEM = {"role": "system", "content": "You sell phones. Ask one question at a time."}
@@ -176,3 +177,18 @@ async def test_prompt_input_and_parameters_pass_through(
     assert sent["messages"] == [user("Is the 6.7 inch in stock?")]
     assert (sent["enable_thinking"], sent["temperature"], sent["tools"]) == (False, 0.2, tools)
     assert "result_format" not in sent and "parameters" not in sent
+
+
+async def test_a_garbled_native_stream_ends_with_an_error_event_not_a_broken_response(
+    native_upstream: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    upstream.script(Script(content="some words and then garbage", chunk_size=4, bad_chunk_after=2))
+    headers = {"Authorization": "Bearer sk-native", "X-Conversation-Id": "garbled"}
+    body = {"model": "qwen-plus", "messages": [user("hi")], "stream": True}
+    async with http.post(native_upstream.url + "/v1/chat/completions", json=body, headers=headers) as resp:
+        assert resp.status == 200
+        events = await read_sse(resp)
+    assert json.loads(events[-1])["error"]["code"] == "upstream_invalid_response"
+    assert native_upstream.rows("SELECT count(*) FROM messages") == [(0,)]
+    answer = await _call(native_upstream, "garbled", [user("again")], result_format="message")
+    assert answer.status_code == 200

@@ -262,3 +262,16 @@ def test_every_setting_can_come_from_the_environment(tmp_path: Path) -> None:
     config = load_config(str(empty), env={"GATEWAY_AUTH_MODE": "keys", "GATEWAY_MEMORY_MAX_TURNS": "12"})
     assert (config.auth_mode, config.max_turns) == ("keys", 12)
     assert all(setting.variable.startswith(("GATEWAY_", "DASHSCOPE_")) for setting in SETTINGS)
+
+
+def test_a_window_never_leaves_tool_results_without_their_call() -> None:
+    roles = ["user", "assistant", "user", "assistant", "tool", "assistant"]  # the last: tool_calls still open
+    counts = [10, 900, 10, 20, 900, 20]
+    budget = Budget(limit=2500, low_water=0.5, max_turns=0)
+    # A tool result of 900 tokens continues the last turn: keep that turn whole, though it beats the low water.
+    assert place_window(roles, counts, fixed=900, start=0, budget=budget, loop_open=True) == 2
+    assert place_window(roles, counts, fixed=900, start=0, budget=budget) == 6  # a new user turn may drop it
+    with pytest.raises(InvalidRequest):
+        place_window(roles, counts, fixed=1700, start=0, budget=budget, loop_open=True)
+    one_turn = Budget(limit=10_000, low_water=0.5, max_turns=1)
+    assert place_window(["user", "assistant"] * 2, [1] * 4, fixed=0, start=0, budget=one_turn) == 2
