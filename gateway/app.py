@@ -35,7 +35,6 @@ from gateway.middleware import (
     MAX_HEADER_BYTES,
     METRICS,
     CanonicalLine,
-    access_control,
     add_request_id,
     request_context,
 )
@@ -53,7 +52,7 @@ log = structlog.get_logger("gateway")
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context, access_control])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[request_context])
     app[CONFIG] = config
     app[MAX_HEADER_BYTES] = config.max_header_bytes
     app[METRICS] = Metrics()
