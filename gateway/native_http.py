@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.chat import ClientGone
 from gateway.errors import error_body
 from gateway.logconfig import note
 from gateway.middleware import REQUEST_ID
@@ -75,11 +74,7 @@ class NativeChannel(HttpChannel):
             elif isinstance(chunk, dict):
                 out += self._stream.chunk(chunk)
         if out:
-            assert self.response is not None, "open_stream comes first"
-            try:
-                await self.response.write(out)
-            except ConnectionResetError as exc:
-                raise ClientGone from exc
+            await super().send(out)
 
 
 async def native_generation(request: web.Request) -> web.StreamResponse:
