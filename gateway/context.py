@@ -31,11 +31,17 @@ class Window:
     """What of the stored history goes upstream this turn."""
 
     lead: list[Message]  # the summary message, when there is one
-    history: list[Message]  # the replayed history from ``start`` on
+    replayed: Sequence[Message]  # the whole stored history as it would be sent (reasoning as the policy says)
     start: int  # messages of history left out (X-Conversation-Trimmed)
     summary: Message | None
     limit: int  # tokens the request may hold
+    loop_open: bool  # the request continues the last user turn (it brings tool results)
     changed: bool  # start or summary differ from what is stored: record them with the turn
+
+    @property
+    def history(self) -> Sequence[Message]:
+        """The history that goes upstream."""
+        return self.replayed[self.start :]
 
 
 class ContextPlanner:
@@ -59,9 +65,9 @@ class ContextPlanner:
             )
         start = min(stored.window_start, len(stored.messages))
         loop_open = not any(m.get("role") == "user" for m in new)
-        history = with_reasoning(stored.messages, stored.replayed, settings.reasoning_replay, loop_open=loop_open)
+        replayed = with_reasoning(stored.messages, stored.replayed, settings.reasoning_replay, loop_open=loop_open)
         lead = [stored.summary] if stored.summary is not None else []
-        return Window(lead, history[start:], start, stored.summary, limit, changed=False)
+        return Window(lead, replayed, start, stored.summary, limit, loop_open, changed=False)
 
     def fits_for_certain(self, window: Window, payload: bytes, stored: Memory, new: Sequence[Message]) -> bool:
         media = sum(payload.count(marker) for marker in _MEDIA_MARKERS)
@@ -89,8 +95,7 @@ class ContextPlanner:
         cannot fit even alone."""
         model = _model(fields)
         await self._counter.prepare(model)
-        full = [*stored.replayed[: window.start], *window.history]  # the replayed history, reasoning as sent
-        counts = self._counter.history(key, model, full)
+        counts = self._counter.history(key, model, window.replayed)
         roles = [m.get("role") for m in stored.messages]
         fixed = (
             self._counter.messages(model, [*system, *new])
@@ -103,7 +108,7 @@ class ContextPlanner:
         # The upstream's own count of the last request, where known, corrects ours when ours falls short.
         measured = _measured(stored, self._counter.messages(model, new))
         fixed += max(0, (measured or 0) - (fixed + lead_tokens + sum(counts[window.start :])))
-        loop_open = not any(m.get("role") == "user" for m in new)
+        loop_open = window.loop_open
         start = place_window(roles, counts, fixed + lead_tokens, window.start, budget, loop_open=loop_open)
         if start > window.start and self._summarizer is not None:
             written = await self._summarizer.summarize(
@@ -125,7 +130,7 @@ class ContextPlanner:
                     summary, start = written, placed
         lead = [summary] if summary is not None else []
         changed = start != window.start or summary is not window.summary
-        return Window(lead, full[start:], start, summary, window.limit, changed)
+        return Window(lead, window.replayed, start, summary, window.limit, loop_open, changed)
 
 
 def _measured(stored: Memory, new_tokens: int) -> int | None:

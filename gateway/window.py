@@ -84,13 +84,13 @@ def _too_long(tokens: int, budget: Budget) -> InvalidRequest:
 
 def with_reasoning(
     history: Sequence[Message], replayed: Sequence[Message], policy: str, *, loop_open: bool
-) -> list[Message]:
+) -> Sequence[Message]:
     """The replayed history with stored ``reasoning_content`` put back where ``policy`` asks for it: ``always``,
     or ``tool_loop``, for the assistant tool-call messages after the last user message while that tool loop is
     still running (``loop_open``: the request brings tool results, not a new user message), as some thinking
     models need to see their reasoning again mid-loop."""
     if policy == "never" or (policy == "tool_loop" and not loop_open):
-        return list(replayed)
+        return replayed
     loop_from = 0
     if policy == "tool_loop":
         loop_from = next((i + 1 for i in range(len(history) - 1, -1, -1) if history[i].get("role") == "user"), 0)
