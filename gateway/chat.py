@@ -20,30 +20,22 @@ from gateway.errors import (
     GatewayError,
     Overloaded,
     UpstreamAuthFailed,
+    UpstreamError,
     UpstreamHTTPError,
     UpstreamInvalidResponse,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from gateway.history import TurnPlan, plan_turn
 from gateway.lifecycle import Drain
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.ordering import KeyedLocks
-from gateway.protocol import ChatBody, Message, dumps, loads
+from gateway.protocol import ChatBody, Message, cached_tokens, dumps, loads
 from gateway.store import ConversationStore
 from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
 from gateway.turns import Turn
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
 log = structlog.get_logger("gateway")
-_UPSTREAM_ERRORS = (
-    UpstreamAuthFailed,
-    UpstreamHTTPError,
-    UpstreamInvalidResponse,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
 _SHUTTING_DOWN = Overloaded("The gateway is shutting down; the reply was cut short.", code="server_shutting_down")
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -164,7 +156,7 @@ class ChatService:
     ) -> None:
         try:
             await self._call_upstream(payload, request, channel, memory)
-        except _UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             self._metrics.upstream_errors.labels(type(exc).__name__).inc()
             raise
 
@@ -225,7 +217,7 @@ class ChatService:
         except _StreamFailed as failed:
             self._metrics.upstream_errors.labels(type(failed.error).__name__).inc()
             note(stream_error=failed.error.code)
-            await _send_quietly(channel, encode_event(loads(failed.error.body())))
+            await _send_quietly(channel, _error_event(failed.error))
             return
         except (ClientGone, asyncio.CancelledError):
             response.abort()
@@ -233,7 +225,7 @@ class ChatService:
             if memory is not None:
                 await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
             if self._drain.expired:  # cut by shutdown, not by the client: say so rather than just stop
-                await _send_quietly(channel, encode_event(loads(_SHUTTING_DOWN.body())))
+                await _send_quietly(channel, _error_event(_SHUTTING_DOWN))
             raise
         if memory is None:
             self._note_usage(assembler.usage)
@@ -245,7 +237,7 @@ class ChatService:
                 log.warning("record_failed", error=type(exc).__name__)
                 error = exc if isinstance(exc, GatewayError) else GatewayError("The turn could not be recorded.")
                 note(stream_error=error.code)
-                await _send_quietly(channel, encode_event(loads(error.body())))
+                await _send_quietly(channel, _error_event(error))
                 return
         await channel.send(DONE_EVENT)
 
@@ -271,8 +263,7 @@ class ChatService:
     def _note_usage(self, usage: dict[str, Any] | None) -> None:
         if not usage:
             return
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        cached = cached_tokens(usage)
         note(
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
@@ -314,6 +305,12 @@ async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: Re
                 "The upstream stream ended before the reply was complete.", code="upstream_stream_incomplete"
             )
         )
+
+
+def _error_event(error: GatewayError) -> bytes:
+    """An SSE event carrying an error's OpenAI-shaped body, re-serialized onto one line (an upstream's own body
+    may hold newlines, which would end the event early)."""
+    return encode_event(loads(error.body()))
 
 
 def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:

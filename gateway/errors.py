@@ -95,33 +95,40 @@ class StorageUnavailable(GatewayError):
     type = "server_error"
 
 
-class UpstreamUnavailable(GatewayError):
+class UpstreamError(GatewayError):
+    """Base of every failure of the upstream call (counted in metrics by class)."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
     """The upstream could not be reached or broke the connection before answering."""
 
     status = 502
     type = "upstream_error"
 
 
-class UpstreamTimeout(GatewayError):
+class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
 
 
-class UpstreamInvalidResponse(GatewayError):
+class UpstreamInvalidResponse(UpstreamError):
     """The upstream answered 2xx with something that is not a chat completion."""
 
     status = 502
     type = "upstream_error"
 
 
-class UpstreamAuthFailed(GatewayError):
+class UpstreamAuthFailed(UpstreamError):
     """The upstream refused the gateway's own key.  Its error body is not passed on: it may quote the key."""
 
     status = 502
     type = "upstream_error"
 
 
-class UpstreamHTTPError(GatewayError):
+class UpstreamHTTPError(UpstreamError):
     """The upstream answered with an error status; the client gets that status and an OpenAI-shaped body."""
 
     type = "upstream_error"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,12 @@ def owner_of(authorization: str | None) -> str:
     """Conversations are keyed by this: the SHA-256 of the bearer credential, '' for a client without one."""
     credential = bearer_credential(authorization)
     return hashlib.sha256(credential.encode()).hexdigest() if credential else ""
+
+
+def cached_tokens(usage: Mapping[str, Any]) -> Any:
+    """``usage.prompt_tokens_details.cached_tokens`` of an upstream usage object, or None when absent."""
+    details = usage.get("prompt_tokens_details")
+    return details.get("cached_tokens") if isinstance(details, dict) else None
 
 
 def dumps(value: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.cache import Memory
 from gateway.history import replay
-from gateway.protocol import Message, dumps, loads
+from gateway.protocol import Message, cached_tokens, dumps, loads
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,6 @@ def memory_from_rows(rows: list[Any]) -> Memory:
 
 def turn_params(turn: Turn) -> tuple[Any, ...]:
     usage = turn.usage or {}
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     bodies = [dumps(m) for m in (*turn.messages, turn.reply)]
     return (
         turn.owner,
@@ -83,7 +81,7 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         dumps(turn.usage) if turn.usage is not None else None,
         _count(usage.get("prompt_tokens")),
         _count(usage.get("completion_tokens")),
-        _count(cached),
+        _count(cached_tokens(usage)),
     )
 
 
