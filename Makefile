@@ -1,33 +1,57 @@
-# Every target sets up its own virtualenv on first use, so each works on a fresh machine.
+# Every target sets up what it needs on first use, so each works on a fresh machine.  `serve` installs only what
+# serving needs; `test` adds the test tools, the client libraries of the client matrix and (when Node is there)
+# the Node clients.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+SERVE_STAMP := $(VENV)/.serve-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
+TEST_STAMP := $(VENV)/.test-stamp
+NODE_CLIENTS := tests/clients/node
+NODE_STAMP := $(NODE_CLIENTS)/node_modules/.ci-stamp
 
-.PHONY: serve test lint bench container-test clean
+.PHONY: serve test lint bench container-test node-clients clean
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) -e .
+	touch $(SERVE_STAMP)
 
-serve: $(STAMP)
+$(DEV_STAMP): $(SERVE_STAMP)
+	$(PIP) -e '.[dev]'
+	touch $(DEV_STAMP)
+
+$(TEST_STAMP): $(DEV_STAMP)
+	$(PIP) -e '.[dev,clients]'
+	touch $(TEST_STAMP)
+
+# Without node on PATH the Node tests skip themselves (saying so); with it, npm ci installs the pinned clients.
+node-clients:
+	@if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NODE_STAMP); \
+	else echo "node not found: the Node client tests will be skipped"; fi
+
+$(NODE_STAMP): $(NODE_CLIENTS)/package-lock.json
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/gateway serve --config config.toml
 
-test: $(STAMP)
+test: $(TEST_STAMP) node-clients
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check gateway tests bench examples
 	$(BIN)/ruff format --check gateway tests bench examples
 	$(BIN)/mypy
 
-container-test: $(STAMP)
+container-test: $(DEV_STAMP)
 	$(BIN)/python -m tests.container_check
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.operations
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_CLIENTS)/node_modules *.egg-info .mypy_cache .pytest_cache .ruff_cache

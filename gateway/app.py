@@ -25,24 +25,27 @@ from gateway.chat import ChatService
 from gateway.config import Config, ConfigError
 from gateway.context import ContextPlanner
 from gateway.conversations import ConversationsService
+from gateway.cors import CorsPolicy
 from gateway.keys import KeyRing, KeyStore
-from gateway.lifecycle import Drain
+from gateway.lifecycle import Drain, InFlight
 from gateway.metrics import Metrics
 from gateway.middleware import (
+    CORS,
     DRAIN,
     GATEKEEPER,
     LIMITER,
     MAX_HEADER_BYTES,
     METRICS,
     CanonicalLine,
-    add_request_id,
+    add_response_headers,
     request_context,
 )
 from gateway.native_http import NATIVE_PATH, native_generation
 from gateway.ordering import KeyedLocks
+from gateway.passthrough import PassThrough
 from gateway.retention import purge_periodically
 from gateway.retries import RetryPolicy
-from gateway.routes import CHAT, CONFIG, CONVERSATIONS, STORE, add_routes
+from gateway.routes import CHAT, CONFIG, CONVERSATIONS, PASS_THROUGH, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.summaries import Summarizer
 from gateway.tokens import TokenCounter
@@ -57,10 +60,11 @@ def create_app(config: Config) -> web.Application:
     app[MAX_HEADER_BYTES] = config.max_header_bytes
     app[METRICS] = Metrics()
     app[DRAIN] = Drain()
+    app[CORS] = CorsPolicy(config.cors_origins)
     app.cleanup_ctx.append(_resources)
-    app.on_response_prepare.append(add_request_id)
-    add_routes(app)
+    app.on_response_prepare.append(add_response_headers)
     app.router.add_post(NATIVE_PATH, native_generation)
+    add_routes(app)
     return app
 
 
@@ -84,10 +88,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     store.observe_writes(metrics.db_writes.observe)
     metrics.count_conversations(store.count_conversations)
     settings = _upstream_settings(config)
-    session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings))
+    # No cookie jar: one session serves every tenant, and a cookie one upstream answer set must not ride along
+    # with another tenant's requests.
+    session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings), cookie_jar=aiohttp.DummyCookieJar())
     app[STORE] = store
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
-    app[CHAT] = _chat_service(config, store, UpstreamClient(session, settings, metrics), locks, app)
+    upstream = UpstreamClient(session, settings, metrics)
+    in_flight = InFlight(config.max_in_flight)  # chat and pass-through share the bound
+    app[CHAT] = _chat_service(config, store, upstream, locks, in_flight, app)
+    app[PASS_THROUGH] = PassThrough(upstream, metrics, in_flight)
     app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
     purger = None
     if config.idle_days > 0:
@@ -119,7 +128,12 @@ def _upstream_settings(config: Config) -> UpstreamSettings:
 
 
 def _chat_service(
-    config: Config, store: ConversationStore, upstream: UpstreamClient, locks: KeyedLocks, app: web.Application
+    config: Config,
+    store: ConversationStore,
+    upstream: UpstreamClient,
+    locks: KeyedLocks,
+    in_flight: InFlight,
+    app: web.Application,
 ) -> ChatService:
     counter = TokenCounter()
     summarizer = (
@@ -134,7 +148,7 @@ def _chat_service(
         ContextPlanner(config, counter, summarizer),
         metrics=app[METRICS],
         drain=app[DRAIN],
-        max_in_flight=config.max_in_flight,
+        in_flight=in_flight,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.history import replay
@@ -31,6 +31,21 @@ class Memory:
     window_start: int = 0  # history before this index is left out upstream (gateway.window)
     summary: Message | None = None  # the summary of what is left out, sent in its place
     last_usage: dict[str, Any] | None = None  # the upstream's usage for the last stored reply, when known
+
+    def truncated(self, length: int) -> Memory:
+        """This memory with only its first ``length`` messages, as a turn that replaces the rest plans from it
+        (the store does the same cut: ``gateway.turns.cut_statements``)."""
+        if length >= len(self.messages):
+            return self
+        window_kept = self.window_start <= length
+        return replace(
+            self,
+            messages=self.messages[:length],
+            replayed=self.replayed[:length],
+            window_start=self.window_start if window_kept else 0,
+            summary=self.summary if window_kept else None,
+            last_usage=None,  # it measured a request this turn no longer continues
+        )
 
 
 class HistoryCache:

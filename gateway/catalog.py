@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.protocol import Message, dumps, loads
 from gateway.store import ConversationStore, Transaction
+from gateway.turns import RECOUNT, cut_statements
 
 
 @dataclass(frozen=True)
@@ -119,32 +120,6 @@ SELECT (SELECT id FROM conversations WHERE owner = :owner AND external_id = :new
 _NTH_LAST_USER_MESSAGE = """
 SELECT seq FROM messages WHERE conversation_id = ? AND role = 'user' ORDER BY seq DESC LIMIT 1 OFFSET ?
 """
-_CUT_MESSAGES = "DELETE FROM messages WHERE conversation_id = ? AND seq >= ?"
-# A rewind past the upstream window's start (gateway.window) leaves its summary describing turns that are gone:
-# send the whole remaining history again, to be cut anew when it no longer fits.
-_RESET_WINDOW = """
-UPDATE conversations SET window_start = 0, summary_json = NULL WHERE id = ? AND window_start > ?
-"""
-
-
-def _token_sum(path: str) -> str:
-    return (
-        f"coalesce(sum(CASE WHEN json_type(usage_json, '{path}') = 'integer'"
-        f" AND json_extract(usage_json, '{path}') >= 0 THEN json_extract(usage_json, '{path}') END), 0)"
-    )
-
-
-# Message count and token totals recounted from the messages a conversation holds (after a rewind, fork or import
-# of messages); :at is the new activity time, or NULL to keep it.
-_RECOUNT = f"""
-UPDATE conversations SET
-    (message_count, prompt_tokens, completion_tokens, cached_tokens) = (
-        SELECT count(*), {_token_sum("$.prompt_tokens")}, {_token_sum("$.completion_tokens")},
-               {_token_sum("$.prompt_tokens_details.cached_tokens")}
-          FROM messages WHERE conversation_id = conversations.id),
-    updated_at = coalesce(:at, updated_at)
- WHERE owner = :owner AND external_id = :id
-"""  # noqa: S608
 _IDLE_CONVERSATIONS = """
 SELECT id, owner, external_id FROM conversations WHERE updated_at < ? AND id > ? ORDER BY id LIMIT ?
 """
@@ -270,9 +245,7 @@ class ConversationCatalog:
             rows = await tx.fetch(_NTH_LAST_USER_MESSAGE, (conversation.row_id, turns - 1))
             if not rows:
                 return None
-            removed = await tx.execute(_CUT_MESSAGES, (conversation.row_id, rows[0][0]))
-            await tx.execute(_RESET_WINDOW, (conversation.row_id, rows[0][0]))
-            await _recount(tx, key, at)
+            removed, _, _ = [await tx.execute(sql, params) for sql, params in cut_statements(*key, rows[0][0], at)]
         return removed
 
     async def fork(
@@ -306,7 +279,7 @@ class ConversationCatalog:
 
 
 async def _recount(tx: Transaction, key: tuple[str, str], at: float | None) -> None:
-    await tx.execute(_RECOUNT, {"owner": key[0], "id": key[1], "at": at})
+    await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at})
 
 
 def _conversation(row: Any) -> ConversationInfo:

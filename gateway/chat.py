@@ -19,13 +19,12 @@ from gateway.context import ContextPlanner, Window
 from gateway.errors import (
     GatewayError,
     Overloaded,
-    UpstreamAuthFailed,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamInvalidResponse,
 )
 from gateway.history import TurnPlan, plan_turn
-from gateway.lifecycle import Drain
+from gateway.lifecycle import Drain, InFlight
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.ordering import KeyedLocks
@@ -75,10 +74,15 @@ class _Memory:
     new_messages: list[Message]
     window: tuple[int, Message | None] | None  # a moved cut and its summary, to keep with the turn
     trimmed: int  # stored messages left out of the upstream request
+    replace_from: int | None  # stored messages from here on give way to this turn (gateway.history, rule 3)
+    replaced: int  # how many they are
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"X-Conversation-Trimmed": str(self.trimmed)}
+        headers = {"X-Conversation-Trimmed": str(self.trimmed)}
+        if self.replace_from is not None:
+            headers["X-Conversation-Replaced"] = str(self.replaced)
+        return headers
 
 
 class _StreamFailed(Exception):
@@ -96,7 +100,7 @@ class ChatService:
         *,
         metrics: Metrics,
         drain: Drain,
-        max_in_flight: int,
+        in_flight: InFlight,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -104,18 +108,12 @@ class ChatService:
         self._context = context
         self._metrics = metrics
         self._drain = drain
-        self._max_in_flight = max_in_flight
-        self._in_flight = 0
+        self._in_flight = in_flight
 
     async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
-        """Answer one chat request through ``channel``; refused at once (503) past ``max_in_flight``."""
-        if self._in_flight >= self._max_in_flight:
-            raise Overloaded("The gateway has too many requests in flight; retry shortly.", code="overloaded")
-        self._in_flight += 1
-        try:
+        """Answer one chat request through ``channel``; refused at once (503) past ``upstream.max_in_flight``."""
+        with self._in_flight:
             await self._complete(request, channel)
-        finally:
-            self._in_flight -= 1
 
     async def _complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
         if request.conversation_id is None:
@@ -125,6 +123,10 @@ class ChatService:
         async with self._locks.hold(key):
             stored = await self._store.load(*key)
             plan = plan_turn(stored.system, stored.messages, request.body.messages)
+            replaced = 0
+            if plan.replace_from is not None:
+                replaced = len(stored.messages) - plan.replace_from
+                stored = stored.truncated(plan.replace_from)
             fields = request.body.fields
             window = self._context.current(stored, plan.new_messages, fields)
             payload = _payload(fields, plan, window)
@@ -141,6 +143,8 @@ class ChatService:
                 )
                 payload = _payload(fields, plan, window)
             note(history_messages=len(stored.messages), resent_messages=plan.resent, trimmed_messages=window.start)
+            if plan.replace_from is not None:
+                note(replaced_messages=replaced)
             memory = _Memory(
                 *key,
                 request.body.model,
@@ -148,6 +152,8 @@ class ChatService:
                 plan.new_messages,
                 (window.start, window.summary) if window.changed else None,
                 window.start,
+                plan.replace_from,
+                replaced,
             )
             await self._exchange(payload, request, channel, memory)
 
@@ -169,12 +175,7 @@ class ChatService:
         ) as response:
             note(upstream_status=response.status, upstream_ms=round((time.perf_counter() - started) * 1000, 1))
             if response.status >= 400:
-                if response.status in (401, 403) and self._upstream.uses_own_key:
-                    # The body may quote the gateway's key; clients get neither it nor a status that blames them.
-                    log.error("upstream_rejected_gateway_key", upstream_status=response.status)
-                    raise UpstreamAuthFailed(
-                        "The upstream rejected the gateway's credentials.", code="upstream_auth_failed"
-                    )
+                self._upstream.check_credentials(response.status)
                 raise UpstreamHTTPError(response.status, await response.read(), response.headers)
             if response.is_event_stream:
                 await self._relay_stream(response, channel, memory)
@@ -256,6 +257,7 @@ class ChatService:
                 interrupted=interrupted,
                 usage=usage,
                 window=memory.window,
+                replace_from=memory.replace_from,
             ),
             share_commit=len(self._locks) > 1,
         )

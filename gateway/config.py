@@ -43,6 +43,7 @@ class Config:
     host: str
     port: int
     max_body_bytes: int
+    cors_origins: tuple[str, ...]
     db_path: Path
     synchronous: str
     busy_timeout_ms: int
@@ -148,6 +149,21 @@ def _url(key: str, value: Any) -> str:
     return text
 
 
+def _origins(key: str, value: Any) -> tuple[str, ...]:
+    """Browser origins (scheme://host[:port], no path) or "*"; a list, or from the environment a comma-separated
+    string."""
+    items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{key}: expected a list of origins, got {value!r}")
+    for item in items:
+        parts = urlsplit(item) if isinstance(item, str) else None
+        if item == "*":
+            continue
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ConfigError(f"{key}: expected origins like 'https://chat.example.com' or '*', got {item!r}")
+    return tuple(items)
+
+
 def _nonempty(key: str, value: Any) -> str:
     text = _as_str(key, value).strip()
     if not text:
@@ -159,6 +175,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "server.host": _nonempty,
     "server.port": lambda k, v: _as_int(k, v, 0, 65535),
     "server.max_body_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 31),
+    "server.cors_origins": _origins,
     "storage.path": _nonempty,
     "storage.synchronous": lambda k, v: _choice(k, v, ("normal", "full")),
     "storage.busy_timeout_ms": lambda k, v: _as_int(k, v, 0, 600_000),
@@ -281,6 +298,7 @@ def load_config(
         host=v["server.host"],
         port=v["server.port"],
         max_body_bytes=v["server.max_body_bytes"],
+        cors_origins=v["server.cors_origins"],
         db_path=Path(v["storage.path"]),
         synchronous=v["storage.synchronous"],
         busy_timeout_ms=v["storage.busy_timeout_ms"],

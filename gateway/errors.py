@@ -77,6 +77,13 @@ class Conflict(GatewayError):
     type = "invalid_request_error"
 
 
+class HistoryMismatch(GatewayError):
+    """A resent transcript differs from the stored conversation before its last turn (see gateway.history)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class Overloaded(GatewayError):
     """Too many requests in flight: refused at once rather than queued."""
 

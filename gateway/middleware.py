@@ -20,7 +20,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.access import Gatekeeper, Limiter, Principal
-from gateway.errors import GatewayError, HeadersTooLarge, error_body
+from gateway.cors import CorsPolicy
+from gateway.errors import GatewayError, HeadersTooLarge, PermissionDenied, error_body
 from gateway.lifecycle import Drain
 from gateway.logconfig import note, open_request_fields, request_fields
 from gateway.metrics import Metrics
@@ -38,9 +39,10 @@ GATEKEEPER = web.AppKey("gatekeeper", Gatekeeper)
 METRICS = web.AppKey("metrics", Metrics)
 DRAIN = web.AppKey("drain", Drain)
 LIMITER = web.AppKey("limiter", Limiter)
+CORS = web.AppKey("cors", CorsPolicy)
 MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
 _API_PREFIXES = ("/v1/", "/api/v1/")  # OpenAI-compatible, and DashScope's native protocol
-_NATIVE_PREFIX = "/api/v1/"
+NATIVE_PREFIX = "/api/v1/"
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
@@ -83,6 +85,9 @@ async def _access_control(request: web.Request, handler: Handler) -> web.StreamR
             raise HeadersTooLarge(
                 f"A request header is larger than {limit} bytes.", code="request_header_fields_too_large"
             )
+    cors = request.app[CORS]
+    if cors.enabled and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return _preflight(cors, request)
     if not request.path.startswith(_API_PREFIXES):
         return await handler(request)
     principal = request[PRINCIPAL] = await request.app[GATEKEEPER].identify(request.headers)
@@ -95,6 +100,15 @@ async def _access_control(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     finally:
         release()
+
+
+def _preflight(cors: CorsPolicy, request: web.Request) -> web.Response:
+    origin = request.headers.get("Origin")
+    if origin is None or cors.allow_origin(origin) is None:
+        raise PermissionDenied("This origin may not call the gateway (server.cors_origins).", code="origin_not_allowed")
+    return web.Response(
+        status=204, headers=cors.preflight(origin, request.headers.get("Access-Control-Request-Headers"))
+    )
 
 
 def _canonical_line(request: web.BaseRequest, status: int, seconds: float) -> None:
@@ -110,9 +124,14 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every response, streamed or not, names the request id of its log line (and its
-    headers leaving are the request's time to first byte)."""
+    headers leaving are the request's time to first byte), and carries CORS headers for an allowed origin."""
+    cors = request.app[CORS]
+    if cors.enabled and "Access-Control-Allow-Origin" not in response.headers:  # not a preflight's own answer
+        for name, value in cors.response_headers(request.headers.get("Origin")).items():
+            vary = response.headers.get("Vary") if name == "Vary" else None
+            response.headers[name] = f"{vary}, {value}" if vary else value
     if REQUEST_ID in request:
         response.headers["X-Gateway-Request-Id"] = request[REQUEST_ID]
         elapsed = time.perf_counter() - request[REQUEST_STARTED]
@@ -145,6 +164,6 @@ async def _translate_errors(request: web.Request, handler: Handler) -> web.Strea
 
 def _error(request: web.Request, status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
     """An error in the caller's protocol: OpenAI's shape, or DashScope's native one on its endpoint."""
-    if request.path.startswith(_NATIVE_PREFIX):
+    if request.path.startswith(NATIVE_PREFIX):
         body = dumps(native_error(body, request.get(REQUEST_ID, ""))).encode()
     return error_response(status, body, headers)

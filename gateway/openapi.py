@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.conversations import DEFAULT_LIMIT, MAX_LIMIT, MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
+from gateway.passthrough import FORWARDED_METHODS
 from gateway.protocol import MAX_CONVERSATION_ID, ROLES
 
 JSON = "application/json"
@@ -208,10 +209,29 @@ def _paths() -> dict[str, Any]:
                 "schema": {"type": "integer"},
                 "description": "Stored messages left out of this request to fit the model's context window",
             },
+            "X-Conversation-Replaced": {
+                "schema": {"type": "integer"},
+                "description": "A resent transcript that differed inside the last turn (a retry, a regenerate, an "
+                "edit of the last message) replaced this many stored messages of that turn",
+            },
         },
         "content": {JSON: {"schema": _ref("ChatCompletion")}, "text/event-stream": {"schema": {"type": "string"}}},
     }
+    forwarded: dict[str, Any] = {
+        method.lower(): {
+            "summary": "Not served by the gateway itself: forwarded to the same path under the upstream's base URL "
+            "(/api/v1/...: under DashScope's native base URL), method, query, headers and body unchanged; no memory",
+            "parameters": [{"name": "upstream_path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                **_errors(401, 413, 429, 431),
+                "default": {"description": "The upstream's answer as it is, or 502/504 (Error) when it failed"},
+            },
+        }
+        for method in FORWARDED_METHODS
+    }
     return {
+        "/v1/{upstream_path}": forwarded,
+        "/api/v1/{upstream_path}": forwarded,
         "/v1/chat/completions": {
             "post": {
                 "summary": "Chat completion; with X-Conversation-Id, stored history goes along and the turn is stored",
@@ -220,6 +240,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": chat_ok,
                     **_errors(400, 401, 413, 429, 431, 503),
+                    "409": _json(_ref("Error"), "A resent transcript differs from the stored one before its last turn"),
                     "default": _json(_ref("Error"), "The upstream's error status, or 502/504 when it failed"),
                 },
             }

@@ -17,8 +17,9 @@ from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
 from gateway.keys import valid_tenant
 from gateway.logconfig import note
-from gateway.middleware import DRAIN, METRICS, PRINCIPAL
+from gateway.middleware import DRAIN, METRICS, NATIVE_PREFIX, PRINCIPAL
 from gateway.openapi import document
+from gateway.passthrough import FORWARDED_METHODS, Forward, PassThrough
 from gateway.protocol import ChatBody, dumps, parse_chat_body, parse_json_body, validate_conversation_id
 from gateway.store import ConversationStore
 
@@ -26,7 +27,10 @@ CONFIG = web.AppKey("config", Config)
 CHAT = web.AppKey("chat", ChatService)
 CONVERSATIONS = web.AppKey("conversations", ConversationsService)
 STORE = web.AppKey("store", ConversationStore)
+PASS_THROUGH = web.AppKey("pass_through", PassThrough)
 CONVERSATION_HEADER = "X-Conversation-Id"
+_OWN_PREFIXES = ("/v1/conversations",)  # the gateway's own API: never forwarded
+_OWN_METHODS = ("GET", "POST", "PATCH", "DELETE")
 
 
 class HttpChannel:
@@ -50,6 +54,10 @@ class HttpChannel:
             await self.response.write(data)
         except ConnectionResetError as exc:
             raise ClientGone from exc
+
+    def abort(self) -> None:
+        if self._request.transport is not None:
+            self._request.transport.close()
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -92,6 +100,33 @@ async def read_body(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large") from None
+
+
+async def pass_through(request: web.Request) -> web.StreamResponse:
+    """Any other request under /v1/ or /api/v1/ goes upstream as it is (gateway.passthrough)."""
+    path = request.rel_url.raw_path
+    if request.method not in (*FORWARDED_METHODS, "HEAD") or path.startswith(_OWN_PREFIXES):
+        # The gateway's own routes answer only their own methods; OPTIONS is CORS's (middleware), never forwarded.
+        raise web.HTTPMethodNotAllowed(request.method, _OWN_METHODS if path.startswith(_OWN_PREFIXES) else ())
+    native = path.startswith(NATIVE_PREFIX)
+    principal = request[PRINCIPAL]
+    channel = HttpChannel(request)
+    forward = Forward(
+        method=request.method,
+        path=path.removeprefix(NATIVE_PREFIX.rstrip("/") if native else "/v1"),
+        query=request.rel_url.raw_query_string,
+        body=await read_body(request),
+        native=native,
+        authorization=request.headers.get("Authorization") if principal.key_id is None else None,
+        headers=request.headers,
+    )
+    note(forwarded=True)
+    try:
+        await request.app[PASS_THROUGH].forward(forward, channel)
+    except ClientGone:
+        pass
+    assert channel.response is not None, "the use case always answers"
+    return channel.response
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -216,4 +251,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", _openapi_handler())
+    # Last, so that every route above wins; the native generation route is added by app.create_app before this.
+    app.router.add_route("*", "/v1/{upstream_path:.*}", pass_through)
+    app.router.add_route("*", "/api/v1/{upstream_path:.*}", pass_through)
     app.on_response_prepare.append(echo_conversation_id)

@@ -34,6 +34,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.drain_seconds", 30.0, "On SIGTERM, how long in-flight requests and streams may finish."),
     Setting("server.drain_grace_seconds", 0.0, "On SIGTERM, how long to keep serving with /readyz failing first."),
     Setting("server.max_body_bytes", 10 * 1024 * 1024, "Largest request body accepted; larger gets 413."),
+    Setting(
+        "server.cors_origins",
+        [],
+        'Browser origins allowed to call the gateway (CORS), e.g. ["https://chat.example.com"]; ["*"] for any; '
+        "[] turns CORS off. From the environment: comma-separated.",
+    ),
     Setting("storage.path", "./gateway.db", "SQLite database file (created on first start).", "GATEWAY_DB", "--db"),
     Setting(
         "storage.synchronous",

@@ -40,7 +40,13 @@ import structlog
 from gateway.cache import HistoryCache, Memory
 from gateway.errors import StorageUnavailable
 from gateway.migrations import migrate
-from gateway.turns import LOAD, RECORD_TURN, SET_WINDOW, Turn, memory_from_rows, turn_params, window_params
+from gateway.turns import (
+    LOAD,
+    Turn,
+    memory_from_rows,
+    turn_params,
+    turn_statements,
+)
 
 log = structlog.get_logger("gateway")
 
@@ -255,15 +261,17 @@ class ConversationStore:
     def _committed(self, turn: Turn) -> None:
         self._dirty = True
         key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
-        self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
+        if turn.replace_from is not None:
+            self._cache.discard(key)  # rare (a retried turn): read the conversation afresh next time
+        else:
+            self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
 
     def _commit_inline(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
         started = time.perf_counter()
         try:
             for turn, params in batch:
-                self._inline.execute(RECORD_TURN, params)
-                if turn.window is not None:
-                    self._inline.execute(SET_WINDOW, window_params(turn))
+                for sql, values in turn_statements(turn, params):
+                    self._inline.execute(sql, values)
             self._inline.commit()
         except BaseException:
             self._inline.rollback()
@@ -273,9 +281,8 @@ class ConversationStore:
 
     async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
         async with self.transaction((turn.owner, turn.external_id)) as tx:
-            await tx.execute(RECORD_TURN, params)
-            if turn.window is not None:
-                await tx.execute(SET_WINDOW, window_params(turn))
+            for sql, values in turn_statements(turn, params):
+                await tx.execute(sql, values)
 
     # For the catalog (gateway.catalog): rare, possibly large reads and single-statement writes, on the waiting
     # connection's thread rather than on the event loop.

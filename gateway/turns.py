@@ -31,6 +31,7 @@ class Turn:
     interrupted: bool
     usage: dict[str, Any] | None
     window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
+    replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
 
 
 LOAD = """
@@ -47,6 +48,43 @@ INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
+
+
+def _token_sum(path: str) -> str:
+    return (
+        f"coalesce(sum(CASE WHEN json_type(usage_json, '{path}') = 'integer'"
+        f" AND json_extract(usage_json, '{path}') >= 0 THEN json_extract(usage_json, '{path}') END), 0)"
+    )
+
+
+# Message count and token totals recounted from the messages a conversation holds (after a rewind, fork, import
+# or replaced turn); :at is the new activity time, or NULL to keep it.
+RECOUNT = f"""
+UPDATE conversations SET
+    (message_count, prompt_tokens, completion_tokens, cached_tokens) = (
+        SELECT count(*), {_token_sum("$.prompt_tokens")}, {_token_sum("$.completion_tokens")},
+               {_token_sum("$.prompt_tokens_details.cached_tokens")}
+          FROM messages WHERE conversation_id = conversations.id),
+    updated_at = coalesce(:at, updated_at)
+ WHERE owner = :owner AND external_id = :id
+"""  # noqa: S608
+_CUT_MESSAGES = """
+DELETE FROM messages
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = :owner AND external_id = :id) AND seq >= :seq
+"""
+# A cut before the upstream window's start (gateway.window) leaves its summary describing turns that are gone:
+# send the whole remaining history again, to be cut anew when it no longer fits.
+_RESET_WINDOW = """
+UPDATE conversations SET window_start = 0, summary_json = NULL
+ WHERE owner = :owner AND external_id = :id AND window_start > :seq
+"""
+
+
+def cut_statements(owner: str, external_id: str, seq: int, at: float | None) -> list[tuple[str, dict[str, Any]]]:
+    """The statements, for one transaction, that remove a conversation's messages from ``seq`` on (a rewind, or a
+    turn that replaces the end of history): the first one's row count is the number removed."""
+    params = {"owner": owner, "id": external_id, "seq": seq, "at": at}
+    return [(_CUT_MESSAGES, params), (_RESET_WINDOW, params), (RECOUNT, params)]
 
 
 def memory_from_rows(rows: list[Any]) -> Memory:
@@ -85,10 +123,18 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
     )
 
 
-def window_params(turn: Turn) -> tuple[Any, ...]:
-    assert turn.window is not None
-    start, summary = turn.window
-    return (start, dumps(summary) if summary is not None else None, turn.owner, turn.external_id)
+def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]]:
+    """A turn's statements, for one transaction: the cut of what it replaces, its ``RECORD_TURN`` (``params``,
+    from ``turn_params``), and its window when that moved."""
+    statements: list[tuple[str, Any]] = []
+    if turn.replace_from is not None:
+        statements += cut_statements(turn.owner, turn.external_id, turn.replace_from, None)
+    statements.append((RECORD_TURN, params))
+    if turn.window is not None:
+        start, summary = turn.window
+        summary_json = dumps(summary) if summary is not None else None
+        statements.append((SET_WINDOW, (start, summary_json, turn.owner, turn.external_id)))
+    return statements
 
 
 def _count(value: Any) -> int:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
+import structlog
+from yarl import URL
 
-from gateway.errors import UpstreamInvalidResponse, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamAuthFailed, UpstreamInvalidResponse, UpstreamTimeout, UpstreamUnavailable
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.native import native_request, openai_chunk, openai_completion, openai_error
@@ -25,11 +27,32 @@ from gateway.protocol import dumps, loads
 from gateway.retries import RETRYABLE_STATUSES, RetryPolicy, permanent
 from gateway.streaming import SseParser
 
+log = structlog.get_logger("gateway")
+
 # Response headers worth passing back to the client: request ids for support tickets, rate-limit hints.
 _PASS_BACK_EXACT = frozenset({"x-request-id", "request-id", "retry-after", "retry-after-ms", "req-cost-time"})
 _PASS_BACK_PREFIXES = ("x-ratelimit-", "x-dashscope-", "openai-")
 # Request headers that select upstream behaviour (DashScope's X-DashScope-* switches, e.g. data inspection).
 _FORWARD_PREFIXES = ("x-dashscope-",)
+# Never relayed as they are, either way (RFC 9110 section 7.6.1): they describe one hop, or the framing, which
+# aiohttp sets anew.  Credentials are replaced by the gateway's rules; X-Conversation-Id is the gateway's own.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "api-key", "x-conversation-id"}
+_NOT_PASSED_BACK = _HOP_BY_HOP - {"content-length"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,21 @@ class UpstreamResponse:
             yield data
 
 
+class ForwardedResponse(UpstreamResponse):
+    """A pass-through response: every end-to-end header goes back, and the body as it came (not decompressed,
+    so ``Content-Encoding`` and ``Content-Length`` stay true)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+        super().__init__(response, idle_timeout)
+        self.content_type = response.headers.get("Content-Type", "application/octet-stream")
+        # CORS is the gateway's to answer (server.cors_origins), whatever the upstream says of it.
+        self.headers = {
+            name: value
+            for name, value in _end_to_end(response.headers.items(), _NOT_PASSED_BACK | {"content-type"}).items()
+            if not name.lower().startswith("access-control-")
+        }
+
+
 class NativeUpstreamResponse(UpstreamResponse):
     """A response of DashScope's native endpoint, read and streamed as if it were OpenAI-shaped (the gateway's
     working shape): ``gateway.native`` translates the body, the error body and each SSE event."""
@@ -125,18 +163,25 @@ class UpstreamClient:
         self._settings = settings
         self._metrics = metrics
         self._native = settings.protocol == "native"
-        self._url = (
+        self._url = URL(
             f"{settings.native_base_url}/services/aigc/text-generation/generation"
             if self._native
             else f"{settings.base_url}/chat/completions"
         )
-        # Reads are timed by UpstreamResponse (idle_timeout) and headers by _post (first_byte_timeout).
+        # Reads are timed by UpstreamResponse (idle_timeout) and headers by _request (first_byte_timeout).
         self._timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
 
     @property
     def uses_own_key(self) -> bool:
         """Whether the gateway sends its own key upstream (rather than forwarding the client's)."""
         return bool(self._settings.api_key)
+
+    def check_credentials(self, status: int) -> None:
+        """An upstream 401/403 against the gateway's own key is the operator's problem, not the client's: the body
+        may quote the key, so the client gets neither it nor a status that blames them."""
+        if status in (401, 403) and self.uses_own_key:
+            log.error("upstream_rejected_gateway_key", upstream_status=status)
+            raise UpstreamAuthFailed("The upstream rejected the gateway's credentials.", code="upstream_auth_failed")
 
     @staticmethod
     def connector(settings: UpstreamSettings) -> aiohttp.TCPConnector:
@@ -147,11 +192,13 @@ class UpstreamClient:
         headers.update(
             {name: value for name, value in client_headers.items() if name.lower().startswith(_FORWARD_PREFIXES)}
         )
-        if self._settings.api_key:
-            headers["Authorization"] = f"Bearer {self._settings.api_key}"
-        elif client_authorization:
-            headers["Authorization"] = client_authorization
+        headers.update(self._credential(client_authorization))
         return headers
+
+    def _credential(self, client_authorization: str | None) -> dict[str, str]:
+        if self._settings.api_key:
+            return {"Authorization": f"Bearer {self._settings.api_key}"}
+        return {"Authorization": client_authorization} if client_authorization else {}
 
     def chat_completions(
         self, body: bytes, *, client_authorization: str | None, client_headers: Mapping[str, str]
@@ -165,9 +212,30 @@ class UpstreamClient:
             body = dumps(native_request(request)).encode()
             if request.get("stream"):
                 headers["X-DashScope-SSE"] = "enable"
-        return _Exchange(self, body, headers)
+        kind = NativeUpstreamResponse if self._native else UpstreamResponse
+        return _Exchange(self, _Call("POST", self._url, body, headers, kind))
 
-    async def _send(self, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    def forward(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes,
+        *,
+        native: bool,
+        client_authorization: str | None,
+        client_headers: Mapping[str, str],
+    ) -> _Exchange:
+        """``async with`` it: send a request the gateway does not serve itself to the same path under the upstream's
+        base URL (``path`` and ``query`` as the client encoded them; ``native``: under DashScope's native base
+        URL), with the client's end-to-end headers and the gateway's credential rules."""
+        base = self._settings.native_base_url if native else self._settings.base_url
+        url = URL(base.rstrip("/") + path + (f"?{query}" if query else ""), encoded=True)
+        headers = _end_to_end(client_headers.items(), _NOT_FORWARDED)
+        headers.update(self._credential(client_authorization))
+        return _Exchange(self, _Call(method, url, body, headers, ForwardedResponse, decompress=False))
+
+    async def _send(self, call: _Call) -> aiohttp.ClientResponse:
         """POST, retrying what ``gateway.retries`` allows; the last response or error is the caller's."""
         policy = self._settings.retry
         loop = asyncio.get_running_loop()
@@ -175,7 +243,7 @@ class UpstreamClient:
         attempt = 1
         while True:
             try:
-                response = await self._post(body, headers)
+                response = await self._request(call)
             except UpstreamUnavailable as exc:  # no response at all: nothing was generated
                 wait = policy.delay(attempt, None)
                 if not policy.allows(attempt, wait, deadline - loop.time()):
@@ -200,32 +268,49 @@ class UpstreamClient:
             await asyncio.sleep(wait)
             attempt += 1
 
-    async def _post(self, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _request(self, call: _Call) -> aiohttp.ClientResponse:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.first_byte_timeout):
-                response = await self._session.post(self._url, data=body, headers=headers, timeout=self._timeout)
+                response = await self._session.request(
+                    call.method,
+                    call.url,
+                    data=call.body,
+                    headers=call.headers,
+                    timeout=self._timeout,
+                    auto_decompress=call.decompress,
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc) from exc
         self._metrics.upstream.observe(time.perf_counter() - started)
         return response
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One upstream request as ``UpstreamClient._send`` makes (and retries) it."""
+
+    method: str
+    url: URL
+    body: bytes
+    headers: dict[str, str]
+    kind: type[UpstreamResponse]  # how the caller reads the response
+    decompress: bool = True
+
+
 class _Exchange:
     # A plain class rather than @asynccontextmanager: every chat request enters one, and the generator-based
     # form costs an async generator (with asyncio's finalizer bookkeeping) and several more calls per use.
-    __slots__ = ("_body", "_client", "_headers", "_response")
+    __slots__ = ("_call", "_client", "_response")
 
-    def __init__(self, client: UpstreamClient, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, client: UpstreamClient, call: _Call) -> None:
         self._client = client
-        self._body = body
-        self._headers = headers
+        self._call = call
         self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> UpstreamResponse:
-        self._response = await self._client._send(self._body, self._headers)
-        kind = NativeUpstreamResponse if self._client._native else UpstreamResponse
-        return kind(self._response, self._client._settings.idle_timeout)
+        self._response = await self._client._send(self._call)
+        return self._call.kind(self._response, self._client._settings.idle_timeout)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -244,6 +329,10 @@ async def _peek(response: aiohttp.ClientResponse, timeout: float) -> bytes:
             return await response.read()
     except (aiohttp.ClientError, TimeoutError):
         return b""
+
+
+def _end_to_end(headers: Iterable[tuple[str, str]], dropped: frozenset[str]) -> dict[str, str]:
+    return {name: value for name, value in headers if name.lower() not in dropped}
 
 
 def _translate(exc: BaseException) -> UpstreamTimeout | UpstreamUnavailable:

@@ -39,6 +39,8 @@ def make_config(tmp_path: Path, upstream_url: str, toml: str = "", **flags: Any)
     values = {
         "storage.path": str(tmp_path / "gateway.db"),
         "upstream.base_url": upstream_url,
+        # The fake upstream serves DashScope's native paths beside /v1 (the pass-through sends /api/v1/... there).
+        "upstream.native_base_url": upstream_url.removesuffix("/v1") + "/api/v1",
         "server.port": 0,
         "upstream.max_attempts": 1,
     }

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +48,24 @@ class Received:
     headers: dict[str, str]
 
 
+@dataclass
+class Other:
+    """A request to any route but chat completions (what the gateway passes through)."""
+
+    method: str
+    path: str  # percent-encoded, as sent
+    query: str  # likewise
+    headers: dict[str, str]
+    raw: bytes
+
+
+MODELS = ("qwen-plus", "qwen-max", "qwen3.6-plus", "text-embedding-v4")
+
+
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.others: list[Other] = []  # every request but chat completions, in order
         self.scripts: deque[Script] = deque()
         self.aborted: list[float] = []  # monotonic times at which a client hung up mid-stream
         self.aborted_event = asyncio.Event()
@@ -61,6 +76,8 @@ class FakeUpstream:
         # Like a real model: a prompt of more tokens (Qwen's tokenizer, plus the reply budget) gets a 400.
         self.context_limit: int | None = None
         self.overflows = 0
+        # Answers every request to a route other than chat completions instead of the echo, when set.
+        self.others_handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
         # Picks a script from the request body before the queue is asked (e.g. to answer summary requests).
         self.chooser: Callable[[dict[str, Any]], Script | None] | None = None
 
@@ -83,6 +100,10 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/api/v1/services/aigc/text-generation/generation", self._native)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_route("*", "/{tail:.*}", self._echo)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -162,6 +183,64 @@ class FakeUpstream:
             "usage": usage,
         }
         return web.json_response(completion, headers={"x-request-id": f"req-{len(self.requests)}", **script.headers})
+
+    async def _record_other(self, request: web.Request) -> None:
+        raw = await request.read()
+        url = request.rel_url  # as sent: still percent-encoded
+        self.others.append(Other(request.method, url.raw_path, url.raw_query_string, dict(request.headers), raw))
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record_other(request)
+        data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "system"} for m in MODELS]
+        return web.json_response({"object": "list", "data": data}, headers={"x-request-id": "req-models"})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        await self._record_other(request)
+        model = request.match_info["model"]
+        if model not in MODELS:
+            error = {"message": f"The model `{model}` does not exist", "type": "invalid_request_error"}
+            return web.json_response({"error": {**error, "code": "model_not_found"}}, status=404)
+        return web.json_response({"id": model, "object": "model", "created": 1700000000, "owned_by": "system"})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        await self._record_other(request)
+        body = json.loads(self.others[-1].raw)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(i)]} for i in range(len(inputs))]
+        usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        """Any other route: 200 with what arrived (201 for PUT); by the path's last part, streamed as SSE
+        (/stream), gzip-compressed (/gzip), or cut off after half its declared length (/cut)."""
+        await self._record_other(request)
+        if self.others_handler is not None:
+            return await self.others_handler(request)
+        other = self.others[-1]
+        echo = {
+            "method": other.method,
+            "path": other.path,
+            "query": other.query,
+            "body": other.raw.decode(errors="replace"),
+        }
+        if other.path.endswith("/cut"):
+            cut = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "1000"})
+            await cut.prepare(request)
+            await cut.write(b'{"partial": "' + b"x" * 400)
+            assert request.transport is not None
+            request.transport.close()
+            return cut
+        if not other.path.endswith("/stream"):
+            answer = web.json_response(echo, status=201 if other.method == "PUT" else 200)
+            if other.path.endswith("/gzip"):
+                answer.enable_compression(web.ContentCoding.gzip)
+            return answer
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for n in range(3):
+            await response.write(f"data: {json.dumps({'n': n})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
 
     async def _native(self, request: web.Request) -> web.StreamResponse:
         """DashScope's native protocol: replies in message format, streamed incrementally when asked to."""

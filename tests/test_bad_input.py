@@ -67,9 +67,10 @@ async def test_body_over_the_limit_is_413(tmp_path: Path, upstream: FakeUpstream
 
 
 async def test_unknown_route_and_method_get_openai_shaped_errors(gateway: Gateway, http: aiohttp.ClientSession) -> None:
-    async with http.get(gateway.url + "/v1/nothing") as resp:
+    # Under /v1/ every other route goes upstream (tests/test_passthrough.py); outside it nothing does.
+    async with http.get(gateway.url + "/nothing") as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["type"] == "not_found_error"
-    async with http.get(gateway.url + URL) as resp:
+    async with http.put(gateway.url + "/v1/conversations/c-1") as resp:
         assert resp.status == 405
         assert (await resp.json())["error"]["type"] == "invalid_request_error"

@@ -3,9 +3,11 @@ histories and many conversations stay fast; WAL and a busy timeout are on."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
+from gateway.cache import Memory
 from gateway.migrations import MIGRATIONS
 from gateway.store import ConversationStore
 from gateway.turns import Turn
@@ -97,3 +99,33 @@ async def test_busy_timeout_and_synchronous_are_applied(tmp_path: Path) -> None:
         await store.close()
     assert list(rows) == [(1234,)]
     assert list(sync) == [(2,)]  # FULL
+
+
+async def test_a_replacing_turn_cuts_recounts_and_resets_a_window_past_the_cut(tmp_path: Path) -> None:
+    """Both write paths (inline, and the waiting connection used with synchronous = full) do the same."""
+    for synchronous in ("normal", "full"):
+        path = tmp_path / f"{synchronous}.db"
+        store = await ConversationStore.open(path, synchronous=synchronous, cache_messages=1000)
+        for text in ("q1", "q2", "q3"):
+            await store.append_turn(_turn("c", text))
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE conversations SET window_start = 4, summary_json = '{}'")
+        await store.load("o", "c")  # cached, then replaced below: the cache must not keep the old tail
+        retry = dataclasses.replace(_turn("c", "q2"), messages=[], replace_from=3)
+        await store.append_turn(retry)
+        memory = await store.load("o", "c")
+        assert [m["content"] for m in memory.messages] == ["q1", "re: q1", "q2", "re: q2"]
+        assert (memory.window_start, memory.summary) == (0, None)
+        await store.close()
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT message_count FROM conversations").fetchall() == [(4,)]
+            assert db.execute("SELECT seq FROM messages ORDER BY seq").fetchall() == [(0,), (1,), (2,), (3,)]
+
+
+def test_a_truncated_memory_keeps_a_window_only_when_it_began_before_the_cut() -> None:
+    messages = tuple({"role": "user", "content": str(n)} for n in range(4))
+    memory = Memory(True, None, messages, messages, window_start=2, summary={"role": "system"}, last_usage={})
+    assert memory.truncated(3).window_start == 2 and memory.truncated(3).summary is not None
+    cut = memory.truncated(1)
+    assert (cut.messages, cut.window_start, cut.summary, cut.last_usage) == (messages[:1], 0, None, None)
+    assert memory.truncated(4) is memory
