@@ -12,7 +12,7 @@ from tests.fake_upstream import FakeUpstream
 _SYSTEM = ("system", "developer")
 
 # What the fake upstream answers a tool round trip's first turn with: irregular spacing and non-ASCII on purpose, so
-# that every client's re-serialization (compact JSON, json.dumps with spaces, \\u escapes) differs from these bytes.
+# that every client's re-serialization (compact JSON, json.dumps with spaces, \uXXXX escapes) differs from these bytes.
 WEATHER_CALL: dict[str, Any] = {
     "id": "call_1",
     "type": "function",
@@ -26,7 +26,11 @@ def meaning(message: dict[str, Any]) -> tuple[Any, ...]:
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     calls = tuple(
-        (c.get("id"), c["function"]["name"], json.dumps(json.loads(c["function"]["arguments"] or "{}"), sort_keys=True, ensure_ascii=False))
+        (
+            c.get("id"),
+            c["function"]["name"],
+            json.dumps(json.loads(c["function"]["arguments"] or "{}"), sort_keys=True, ensure_ascii=False),
+        )
         for c in message.get("tool_calls") or ()
     )
     return (message["role"], content or "", calls, message.get("tool_call_id"))
