@@ -45,7 +45,7 @@ from gateway.ordering import KeyedLocks
 from gateway.passthrough import PassThrough
 from gateway.retention import purge_periodically
 from gateway.retries import RetryPolicy
-from gateway.routes import CHAT, CONFIG, CONVERSATIONS, PASS_THROUGH, STORE, add_routes
+from gateway.routes import CHAT, CONFIG, CONVERSATIONS, IN_FLIGHT, PASS_THROUGH, STORE, add_routes
 from gateway.store import ConversationStore
 from gateway.summaries import Summarizer
 from gateway.tokens import TokenCounter
@@ -61,6 +61,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app[DRAIN] = Drain()
     app[CORS] = CorsPolicy(config.cors_origins)
+    app[IN_FLIGHT] = InFlight(config.max_in_flight)  # chat and pass-through share the bound
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_post(NATIVE_PATH, native_generation)
@@ -94,9 +95,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
     upstream = UpstreamClient(session, settings, metrics)
-    in_flight = InFlight(config.max_in_flight)  # chat and pass-through share the bound
-    app[CHAT] = _chat_service(config, store, upstream, locks, in_flight, app)
-    app[PASS_THROUGH] = PassThrough(upstream, metrics, in_flight)
+    app[CHAT] = _chat_service(config, store, upstream, locks, app)
+    app[PASS_THROUGH] = PassThrough(upstream, metrics)
     app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
     purger = None
     if config.idle_days > 0:
@@ -132,7 +132,6 @@ def _chat_service(
     store: ConversationStore,
     upstream: UpstreamClient,
     locks: KeyedLocks,
-    in_flight: InFlight,
     app: web.Application,
 ) -> ChatService:
     counter = TokenCounter()
@@ -148,7 +147,6 @@ def _chat_service(
         ContextPlanner(config, counter, summarizer),
         metrics=app[METRICS],
         drain=app[DRAIN],
-        in_flight=in_flight,
     )
 
 

@@ -24,7 +24,7 @@ from gateway.errors import (
     UpstreamInvalidResponse,
 )
 from gateway.history import TurnPlan, plan_turn
-from gateway.lifecycle import Drain, InFlight
+from gateway.lifecycle import Drain
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.ordering import KeyedLocks
@@ -100,7 +100,6 @@ class ChatService:
         *,
         metrics: Metrics,
         drain: Drain,
-        in_flight: InFlight,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -108,14 +107,10 @@ class ChatService:
         self._context = context
         self._metrics = metrics
         self._drain = drain
-        self._in_flight = in_flight
 
     async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
-        """Answer one chat request through ``channel``; refused at once (503) past ``upstream.max_in_flight``."""
-        with self._in_flight:
-            await self._complete(request, channel)
-
-    async def _complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
+        """Answer one chat request through ``channel`` (admitted by the handler under ``upstream.max_in_flight``
+        before its body was read)."""
         if request.conversation_id is None:
             await self._exchange(request.raw, request, channel, None)
             return

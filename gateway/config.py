@@ -44,10 +44,15 @@ class Config:
     port: int
     max_body_bytes: int
     cors_origins: tuple[str, ...]
+    keepalive_timeout: float
+    header_timeout: float
+    body_timeout: float
+    max_connections: int
     db_path: Path
     synchronous: str
     busy_timeout_ms: int
     cache_messages: int
+    cache_bytes: int
     upstream_base_url: str
     upstream_api_key: str
     upstream_protocol: str
@@ -63,17 +68,21 @@ class Config:
     drain_seconds: float
     drain_grace: float
     pool_size: int
+    pool_timeout: float
     idle_days: float
     purge_interval: float
     auth_mode: str
     allow_open: bool
+    upstream_key_header: str
     max_messages: int
     max_header_bytes: int
+    max_history_bytes: int
     low_water: float
     max_turns: int
     summarize: bool
     summary_model: str
     summary_prompt: str
+    idempotency_seconds: float
     log_level: str
     log_format: str
     default_limits: Limits
@@ -176,10 +185,15 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "server.port": lambda k, v: _as_int(k, v, 0, 65535),
     "server.max_body_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 31),
     "server.cors_origins": _origins,
+    "server.keepalive_timeout_seconds": _as_seconds,
+    "server.header_timeout_seconds": _as_seconds,
+    "server.body_timeout_seconds": _as_seconds,
+    "server.max_connections": lambda k, v: _as_int(k, v, 0, 10_000_000),
     "storage.path": _nonempty,
     "storage.synchronous": lambda k, v: _choice(k, v, ("normal", "full")),
     "storage.busy_timeout_ms": lambda k, v: _as_int(k, v, 0, 600_000),
     "storage.cache_messages": lambda k, v: _as_int(k, v, 0, 100_000_000),
+    "storage.cache_bytes": lambda k, v: _as_int(k, v, 0, 1 << 40),
     "upstream.base_url": _url,
     "upstream.protocol": lambda k, v: _choice(k, v, ("compatible", "native")),
     "upstream.native_base_url": _url,
@@ -195,19 +209,23 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "server.drain_seconds": _as_seconds,
     "server.drain_grace_seconds": lambda k, v: _as_number(k, v, "seconds", 0, 3600, zero=True),
     "upstream.pool_size": lambda k, v: _as_int(k, v, 1, 10_000),
+    "upstream.pool_timeout_seconds": _as_seconds,
     "retention.idle_days": _as_days,
     "retention.purge_interval_seconds": _as_seconds,
     "auth.mode": lambda k, v: _choice(k, v, ("auto", "open", "keys")),
     "auth.allow_open": _as_bool,
+    "auth.upstream_key_header": lambda k, v: _as_str(k, v).strip(),
     "limits.concurrent_requests": lambda k, v: _as_int(k, v, 0, 1_000_000),
     "limits.requests_per_minute": lambda k, v: _as_int(k, v, 0, 100_000_000),
     "limits.max_messages": lambda k, v: _as_int(k, v, 1, 1_000_000),
     "limits.max_header_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 20),
+    "limits.max_history_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 40),
     "memory.low_water": lambda k, v: _as_number(k, v, "fraction", 0, 1, zero=False),
     "memory.max_turns": lambda k, v: _as_int(k, v, 0, 1_000_000),
     "memory.summarize": _as_bool,
     "memory.summary_model": lambda k, v: _as_str(k, v).strip(),
     "memory.summary_prompt": _nonempty,
+    "memory.idempotency_seconds": lambda k, v: _as_number(k, v, "seconds", 0, 30 * 86400, zero=True),
     "log.level": lambda k, v: _choice(k, v, ("debug", "info", "warning", "error")),
     "log.format": lambda k, v: _choice(k, v, ("auto", "json", "console")),
 }
@@ -299,10 +317,15 @@ def load_config(
         port=v["server.port"],
         max_body_bytes=v["server.max_body_bytes"],
         cors_origins=v["server.cors_origins"],
+        keepalive_timeout=v["server.keepalive_timeout_seconds"],
+        header_timeout=v["server.header_timeout_seconds"],
+        body_timeout=v["server.body_timeout_seconds"],
+        max_connections=v["server.max_connections"],
         db_path=Path(v["storage.path"]),
         synchronous=v["storage.synchronous"],
         busy_timeout_ms=v["storage.busy_timeout_ms"],
         cache_messages=v["storage.cache_messages"],
+        cache_bytes=v["storage.cache_bytes"],
         upstream_base_url=v["upstream.base_url"],
         upstream_api_key=v["upstream.api_key"],
         upstream_protocol=v["upstream.protocol"],
@@ -318,17 +341,21 @@ def load_config(
         drain_seconds=v["server.drain_seconds"],
         drain_grace=v["server.drain_grace_seconds"],
         pool_size=v["upstream.pool_size"],
+        pool_timeout=v["upstream.pool_timeout_seconds"],
         idle_days=v["retention.idle_days"],
         purge_interval=v["retention.purge_interval_seconds"],
         auth_mode=v["auth.mode"],
         allow_open=v["auth.allow_open"],
+        upstream_key_header=v["auth.upstream_key_header"],
         max_messages=v["limits.max_messages"],
         max_header_bytes=v["limits.max_header_bytes"],
+        max_history_bytes=v["limits.max_history_bytes"],
         low_water=v["memory.low_water"],
         max_turns=v["memory.max_turns"],
         summarize=v["memory.summarize"],
         summary_model=v["memory.summary_model"],
         summary_prompt=v["memory.summary_prompt"],
+        idempotency_seconds=v["memory.idempotency_seconds"],
         log_level=v["log.level"],
         log_format=v["log.format"],
         default_limits=defaults,

@@ -17,7 +17,7 @@ from gateway.logconfig import note
 from gateway.middleware import REQUEST_ID
 from gateway.native import NativeStream, answer_shape, native_error, native_reply, openai_body
 from gateway.protocol import dumps, loads, parse_chat_body, parse_json_body
-from gateway.routes import CONFIG, HttpChannel, answer_chat, read_body
+from gateway.routes import CONFIG, IN_FLIGHT, HttpChannel, answer_chat, read_body
 from gateway.streaming import DONE, SseParser
 
 NATIVE_PATH = "/api/v1/services/aigc/text-generation/generation"
@@ -78,6 +78,11 @@ class NativeChannel(HttpChannel):
 
 
 async def native_generation(request: web.Request) -> web.StreamResponse:
+    with request.app[IN_FLIGHT]:  # before the body is read, as for /v1/chat/completions
+        return await _generate(request)
+
+
+async def _generate(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request)
     native = parse_json_body(raw)
     sse = request.headers.get("X-DashScope-SSE", "").lower() == "enable"

@@ -17,7 +17,6 @@ from typing import Protocol
 
 from gateway.chat import ClientGone, ReplyChannel
 from gateway.errors import GatewayError, UpstreamError
-from gateway.lifecycle import InFlight
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.upstream import UpstreamClient
@@ -43,18 +42,16 @@ class Forward:
 
 
 class PassThrough:
-    def __init__(self, upstream: UpstreamClient, metrics: Metrics, in_flight: InFlight) -> None:
+    def __init__(self, upstream: UpstreamClient, metrics: Metrics) -> None:
         self._upstream = upstream
         self._metrics = metrics
-        self._in_flight = in_flight
 
     async def forward(self, request: Forward, channel: ForwardChannel) -> None:
-        with self._in_flight:
-            try:
-                await self._relay(request, channel)
-            except UpstreamError as exc:
-                self._metrics.upstream_errors.labels(type(exc).__name__).inc()
-                raise
+        try:
+            await self._relay(request, channel)
+        except UpstreamError as exc:
+            self._metrics.upstream_errors.labels(type(exc).__name__).inc()
+            raise
 
     async def _relay(self, request: Forward, channel: ForwardChannel) -> None:
         started = time.perf_counter()

@@ -16,6 +16,7 @@ from gateway.config import Config
 from gateway.conversations import ConversationsService, parse_page
 from gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
 from gateway.keys import valid_tenant
+from gateway.lifecycle import InFlight
 from gateway.logconfig import note
 from gateway.middleware import DRAIN, METRICS, NATIVE_PREFIX, PRINCIPAL
 from gateway.openapi import document
@@ -28,6 +29,7 @@ CHAT = web.AppKey("chat", ChatService)
 CONVERSATIONS = web.AppKey("conversations", ConversationsService)
 STORE = web.AppKey("store", ConversationStore)
 PASS_THROUGH = web.AppKey("pass_through", PassThrough)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 CONVERSATION_HEADER = "X-Conversation-Id"
 _OWN_PREFIXES = ("/v1/conversations",)  # the gateway's own API: never forwarded
 _OWN_METHODS = ("GET", "POST", "PATCH", "DELETE")
@@ -61,9 +63,11 @@ class HttpChannel:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    raw = await read_body(request)
-    body = parse_chat_body(raw, max_messages=request.app[CONFIG].max_messages)
-    return await answer_chat(request, body, raw, HttpChannel(request))
+    # Admission first: past upstream.max_in_flight the 503 goes out before a byte of the body is read.
+    with request.app[IN_FLIGHT]:
+        raw = await read_body(request)
+        body = parse_chat_body(raw, max_messages=request.app[CONFIG].max_messages)
+        return await answer_chat(request, body, raw, HttpChannel(request))
 
 
 async def answer_chat(
@@ -111,20 +115,21 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
     native = path.startswith(NATIVE_PREFIX)
     principal = request[PRINCIPAL]
     channel = HttpChannel(request)
-    forward = Forward(
-        method=request.method,
-        path=path.removeprefix(NATIVE_PREFIX.rstrip("/") if native else "/v1"),
-        query=request.rel_url.raw_query_string,
-        body=await read_body(request),
-        native=native,
-        authorization=request.headers.get("Authorization") if principal.key_id is None else None,
-        headers=request.headers,
-    )
     note(forwarded=True)
-    try:
-        await request.app[PASS_THROUGH].forward(forward, channel)
-    except ClientGone:
-        pass
+    with request.app[IN_FLIGHT]:
+        forward = Forward(
+            method=request.method,
+            path=path.removeprefix(NATIVE_PREFIX.rstrip("/") if native else "/v1"),
+            query=request.rel_url.raw_query_string,
+            body=await read_body(request),
+            native=native,
+            authorization=request.headers.get("Authorization") if principal.key_id is None else None,
+            headers=request.headers,
+        )
+        try:
+            await request.app[PASS_THROUGH].forward(forward, channel)
+        except ClientGone:
+            pass
     assert channel.response is not None, "the use case always answers"
     return channel.response
 

@@ -40,6 +40,21 @@ SETTINGS: tuple[Setting, ...] = (
         'Browser origins allowed to call the gateway (CORS), e.g. ["https://chat.example.com"]; ["*"] for any; '
         "[] turns CORS off. From the environment: comma-separated.",
     ),
+    Setting("server.keepalive_timeout_seconds", 75.0, "Seconds an idle keep-alive client connection stays open."),
+    Setting(
+        "server.header_timeout_seconds",
+        10.0,
+        "Seconds a client has to send a request's headers, from connecting or from the end of its last request.",
+    ),
+    Setting(
+        "server.body_timeout_seconds", 60.0, "Seconds a client has to send a whole request body, however it trickles."
+    ),
+    Setting(
+        "server.max_connections",
+        0,
+        "Most open client connections; past it the longest-idle one is closed, or the new one refused (0: the "
+        "open-file limit less room for the upstream pool, the database and logs).",
+    ),
     Setting("storage.path", "./gateway.db", "SQLite database file (created on first start).", "GATEWAY_DB", "--db"),
     Setting(
         "storage.synchronous",
@@ -51,6 +66,11 @@ SETTINGS: tuple[Setting, ...] = (
         "storage.cache_messages",
         50_000,
         "Messages of recently active conversations kept in memory, saving a database read per turn (0: off).",
+    ),
+    Setting(
+        "storage.cache_bytes",
+        64 * 1024 * 1024,
+        "Bytes (as stored JSON) the history cache may hold, on top of storage.cache_messages (0: off).",
     ),
     Setting(
         "upstream.base_url",
@@ -82,6 +102,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream.max_in_flight", 512, "Chat requests in flight at once; more get 503 with Retry-After."),
     Setting("upstream.pool_size", 100, "Most simultaneous connections to the upstream."),
     Setting(
+        "upstream.pool_timeout_seconds",
+        30.0,
+        "Seconds a request may wait for a free upstream connection; past it 503 (the upstream never saw it).",
+    ),
+    Setting(
         "retention.idle_days",
         0.0,
         "Delete conversations idle longer than this many days, in the server and with `gateway purge` (0: keep).",
@@ -98,10 +123,21 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "Allow open mode on a non-loopback address while holding an upstream key (anyone reaching it spends it).",
     ),
+    Setting(
+        "auth.upstream_key_header",
+        "",
+        "Keys mode without upstream.api_key: the request header whose value goes upstream as Authorization (each "
+        "client brings its own upstream key); empty: refuse to start that way.",
+    ),
     Setting("limits.concurrent_requests", 0, "Requests one key may have in flight at once (0: no limit)."),
     Setting("limits.requests_per_minute", 0, "Requests one key may start in any 60 seconds (0: no limit)."),
     Setting("limits.max_messages", 2048, "Most messages in one chat request; more gets 400."),
     Setting("limits.max_header_bytes", 16384, "Largest request header line (name and value); larger gets 431."),
+    Setting(
+        "limits.max_history_bytes",
+        64 * 1024 * 1024,
+        "Largest stored history of one conversation (JSON bytes); a turn or import past it gets 400.",
+    ),
     Setting("memory.low_water", 0.5, "Share of the context window a cut keeps, so later turns share a prefix."),
     Setting("memory.max_turns", 0, "Most user turns of history sent upstream (0: only the window limits)."),
     Setting("memory.summarize", False, "Summarize the turns a cut leaves out and send the summary ahead of the rest."),
@@ -111,6 +147,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Summarize the conversation so far for the assistant that will continue it: keep names, numbers, "
         "decisions, open questions and the user's preferences. Write only the summary.",
         "Instruction sent with the turns to summarize.",
+    ),
+    Setting(
+        "memory.idempotency_seconds",
+        86400.0,
+        "How long a turn's reply is kept under its Idempotency-Key, so a retry gets it again without an upstream call.",
     ),
     Setting("log.level", "info", "One of debug, info, warning, error."),
     Setting("log.format", "auto", "'json', 'console', or 'auto' (console on a terminal, JSON otherwise)."),
