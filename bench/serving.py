@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,11 +37,23 @@ def run_until_signalled(app: web.Application) -> None:
 
 
 @contextmanager
-def server(args: list[str], log: Path, marker: str) -> Iterator[tuple[int, int]]:
-    """Start a server process; yield (port, pid) once it logged ``marker``; stop it with SIGTERM at the end."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
+def server(
+    args: list[str],
+    log: Path,
+    marker: str,
+    *,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], object] | None = None,
+) -> Iterator[tuple[int, int]]:
+    """Start a server process; yield (port, pid) once it logged ``marker``; stop it with SIGTERM at the end.
+    ``env`` adds variables (``GATEWAY_*`` of the caller's own are never passed on); ``preexec_fn`` runs in the
+    child before it starts (``bench.slowloris`` lowers its open-file limit there)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DASHSCOPE_"))}
+    full_env.update(env or {})
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=REPO, preexec_fn=preexec_fn
+        )
     try:
         yield _await_port(proc, log, marker), proc.pid
     finally:

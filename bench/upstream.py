@@ -1,9 +1,10 @@
 """The benchmark's upstream: an aiohttp server answering every chat completion with one prebuilt reply.
 
 It does as little as possible so that the numbers measure what sits in front of it.  Run as
-``python -m bench.upstream [--fault-rate F]``; it prints ``port N`` once listening.  A request with
+``python -m bench.upstream [--fault-rate F] [--delay S]``; it prints ``port N`` once listening.  A request with
 ``"stream": true`` gets ``STREAM_CHUNKS`` SSE chunks ``CHUNK_GAP`` seconds apart (for time-to-first-byte and
-chunk-gap figures); ``--fault-rate`` answers that share of requests with a 500 (for the soak).
+chunk-gap figures); ``--fault-rate`` answers that share of requests with a 500 (for the soak); ``--delay`` holds
+every answer that many seconds (for the overload run, whose requests must stay in flight).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def _chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-def make_app(fault_rate: float = 0.0) -> web.Application:
+def make_app(fault_rate: float = 0.0, delay: float = 0.0) -> web.Application:
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if delay:
+            await asyncio.sleep(delay)
         if fault_rate and random.random() < fault_rate:
             return web.Response(status=500, body=FAILURE, content_type="application/json")
         if b'"stream":true' not in body.replace(b" ", b""):
@@ -68,4 +71,5 @@ def make_app(fault_rate: float = 0.0) -> web.Application:
 
 if __name__ == "__main__":
     rate = float(sys.argv[sys.argv.index("--fault-rate") + 1]) if "--fault-rate" in sys.argv else 0.0
-    run_until_signalled(make_app(rate))
+    delay = float(sys.argv[sys.argv.index("--delay") + 1]) if "--delay" in sys.argv else 0.0
+    run_until_signalled(make_app(rate, delay))

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import resource
 import signal
 from collections.abc import AsyncIterator
 
@@ -23,9 +24,18 @@ from gateway.access import Gatekeeper, Limiter
 from gateway.catalog import ConversationCatalog
 from gateway.chat import ChatService
 from gateway.config import Config, ConfigError
+from gateway.connections import (
+    Connections,
+    GatewayRunner,
+    accept_backlog,
+    connection_limit,
+    quiet_accept_errors,
+    raise_open_file_limit,
+)
 from gateway.context import ContextPlanner
 from gateway.conversations import ConversationsService
 from gateway.cors import CorsPolicy
+from gateway.heap import HeapTrimmer
 from gateway.keys import KeyRing, KeyStore
 from gateway.lifecycle import Drain, InFlight
 from gateway.metrics import Metrics
@@ -33,6 +43,7 @@ from gateway.middleware import (
     CORS,
     DRAIN,
     GATEKEEPER,
+    HEAP,
     LIMITER,
     MAX_HEADER_BYTES,
     METRICS,
@@ -61,6 +72,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app[DRAIN] = Drain()
     app[CORS] = CorsPolicy(config.cors_origins)
+    app[HEAP] = HeapTrimmer()
     app[IN_FLIGHT] = InFlight(config.max_in_flight)  # chat and pass-through share the bound
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(add_response_headers)
@@ -76,11 +88,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         synchronous=config.synchronous,
         busy_timeout_ms=config.busy_timeout_ms,
         cache_messages=config.cache_messages,
+        cache_bytes=config.cache_bytes,
     )
     log.info("database_opened", path=str(config.db_path))
     gatekeeper = Gatekeeper(config, KeyRing(KeyStore(store), store))
     try:
-        await _refuse_unsafe_open_mode(config, gatekeeper)
+        await _check_start_up(config, gatekeeper, store)
     except BaseException:
         await store.close()
         raise
@@ -97,7 +110,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     upstream = UpstreamClient(session, settings, metrics)
     app[CHAT] = _chat_service(config, store, upstream, locks, app)
     app[PASS_THROUGH] = PassThrough(upstream, metrics)
-    app[CONVERSATIONS] = ConversationsService(ConversationCatalog(store), locks)
+    app[CONVERSATIONS] = ConversationsService(
+        ConversationCatalog(store), locks, max_messages=config.max_messages, max_history_bytes=config.max_history_bytes
+    )
     purger = None
     if config.idle_days > 0:
         purger = asyncio.create_task(purge_periodically(app[CONVERSATIONS], config.idle_days, config.purge_interval))
@@ -124,6 +139,7 @@ def _upstream_settings(config: Config) -> UpstreamSettings:
         retry=RetryPolicy(config.max_attempts, config.backoff_seconds, config.retry_after_cap, config.retry_budget),
         protocol=config.upstream_protocol,
         native_base_url=config.native_base_url,
+        pool_timeout=config.pool_timeout,
     )
 
 
@@ -147,12 +163,36 @@ def _chat_service(
         ContextPlanner(config, counter, summarizer),
         metrics=app[METRICS],
         drain=app[DRAIN],
+        max_history_bytes=config.max_history_bytes,
     )
 
 
-async def _refuse_unsafe_open_mode(config: Config, gatekeeper: Gatekeeper) -> None:
+async def _check_start_up(config: Config, gatekeeper: Gatekeeper, store: ConversationStore) -> None:
+    """Refuse to serve (``ConfigError``: one line, exit status 2) in a set-up where every turn would fail or
+    that would be unsafe; storage faults that may pass (a full disk) only make ``/readyz`` fail."""
+    fault = await store.readiness(write=True)
+    if fault is not None and fault.reason == "read_only":
+        raise ConfigError(
+            f"storage.path: the database {str(config.db_path)!r} is read-only ({fault.detail}): no turn could be "
+            "recorded; make it writable or point storage.path elsewhere."
+        )
+    if fault is not None:
+        log.warning("database_not_ready", reason=fault.reason)
     keys_mode = await gatekeeper.keys_mode()
     log.info("auth_mode", mode=config.auth_mode, keys_required=keys_mode)
+    if keys_mode and not config.upstream_api_key and not config.upstream_key_header:
+        # A gateway key never goes upstream, so the upstream would get no key at all and answer 401, which the
+        # client would take for its own valid gateway key being wrong.
+        raise ConfigError(
+            'upstream.api_key: keys mode (auth.mode = "keys", or "auto" once a gateway key exists) needs the '
+            "gateway's own upstream key (upstream.api_key, or DASHSCOPE_API_KEY), or auth.upstream_key_header "
+            "naming the request header in which each client sends its own; without either, requests would reach "
+            "the upstream with no key."
+        )
+    _refuse_unsafe_open_mode(config, keys_mode)
+
+
+def _refuse_unsafe_open_mode(config: Config, keys_mode: bool) -> None:
     if keys_mode or not config.upstream_api_key or config.allow_open or _is_loopback(config.host):
         return
     raise ConfigError(
@@ -171,14 +211,18 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-async def start(config: Config) -> tuple[web.AppRunner, int]:
+async def start(config: Config) -> tuple[GatewayRunner, int]:
     """Start serving; return the runner and the bound port (useful when the configured port is 0)."""
-    runner = web.AppRunner(
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    connections = Connections(connection_limit(config, open_files), config.header_timeout)
+    runner = GatewayRunner(
         create_app(config),
+        connections=connections,  # the cap on client connections and the header deadline (gateway.connections)
         handler_cancellation=True,  # a client that hangs up cancels its handler, which aborts the upstream call
         access_log_class=CanonicalLine,  # the canonical request line, written once the response is sent
         access_log=logging.getLogger("gateway.access"),  # unused by CanonicalLine; aiohttp needs a logger here
         shutdown_timeout=config.drain_seconds,
+        keepalive_timeout=config.keepalive_timeout,  # aiohttp's own default keeps an idle connection for an hour
         # Room above limits.max_header_bytes, so that the access middleware answers an oversized header with a
         # JSON 431 instead of aiohttp's parser with a plain-text 400.
         max_line_size=4 * config.max_header_bytes,
@@ -186,7 +230,7 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, backlog=accept_backlog(connections.limit))
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -196,13 +240,16 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
 
 
 async def serve(config: Config) -> None:
+    before, soft, hard = raise_open_file_limit()
+    loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop)
     runner, port = await start(config)
+    log.info("open_files_limit", soft_before=before, soft=soft, hard=hard, max_connections=runner.connections.limit)
     # Everything allocated so far lives as long as the process: keep full collections from walking it again and
     # again (they otherwise pause a busy server for tens of milliseconds).
     gc.freeze()
     log.info("server_started", host=config.host, port=port, upstream=config.upstream_base_url)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

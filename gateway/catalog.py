@@ -105,6 +105,12 @@ _INSERT_MESSAGE = """
 INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
 VALUES ((SELECT id FROM conversations WHERE owner = ? AND external_id = ?), ?, ?, ?, ?, ?, ?)
 """
+# A created or imported conversation keeps the token totals it came with; its size is what it holds.
+_COUNT_CREATED = """
+UPDATE conversations SET message_count = ?,
+       history_bytes = (SELECT coalesce(sum(length(body)), 0) FROM messages WHERE conversation_id = conversations.id)
+ WHERE owner = ? AND external_id = ?
+"""
 _FORK_CONVERSATION = """
 INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json)
 SELECT owner, :new_id, :at, :at, model, system_json, :metadata FROM conversations WHERE id = :source
@@ -221,10 +227,7 @@ class ConversationCatalog:
                     for seq, m in enumerate(messages)
                 ],
             )
-            await tx.execute(
-                "UPDATE conversations SET message_count = ? WHERE owner = ? AND external_id = ?",
-                (len(messages), *key),
-            )
+            await tx.execute(_COUNT_CREATED, (len(messages), *key))
         return True
 
     async def set_metadata(self, owner: str, external_id: str, metadata: dict[str, str]) -> bool:

@@ -18,6 +18,7 @@ import structlog
 from gateway.context import ContextPlanner, Window
 from gateway.errors import (
     GatewayError,
+    InvalidRequest,
     Overloaded,
     UpstreamError,
     UpstreamHTTPError,
@@ -28,8 +29,8 @@ from gateway.lifecycle import Drain
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.ordering import KeyedLocks
-from gateway.protocol import ChatBody, Message, cached_tokens, dumps, loads
-from gateway.store import ConversationStore
+from gateway.protocol import ChatBody, Message, cached_tokens, encode, loads
+from gateway.store import ConversationDeleted, ConversationStore
 from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
 from gateway.turns import Turn
 from gateway.upstream import UpstreamClient, UpstreamResponse
@@ -76,6 +77,7 @@ class _Memory:
     trimmed: int  # stored messages left out of the upstream request
     replace_from: int | None  # stored messages from here on give way to this turn (gateway.history, rule 3)
     replaced: int  # how many they are
+    existed: bool  # the conversation was stored when the turn began (if it is deleted meanwhile, the delete wins)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -100,8 +102,10 @@ class ChatService:
         *,
         metrics: Metrics,
         drain: Drain,
+        max_history_bytes: int,
     ) -> None:
         self._store = store
+        self._max_history_bytes = max_history_bytes
         self._upstream = upstream
         self._locks = locks
         self._context = context
@@ -122,10 +126,18 @@ class ChatService:
             if plan.replace_from is not None:
                 replaced = len(stored.messages) - plan.replace_from
                 stored = stored.truncated(plan.replace_from)
+            new_bytes = len(encode(plan.new_messages))
+            if stored.size + new_bytes > self._max_history_bytes:
+                raise InvalidRequest(
+                    f"This conversation would grow past its {self._max_history_bytes}-byte limit "
+                    "(limits.max_history_bytes): rewind or fork it, or start a new conversation.",
+                    code="conversation_too_large",
+                    param="messages",
+                )
             fields = request.body.fields
             window = self._context.current(stored, plan.new_messages, fields)
             payload = _payload(fields, plan, window)
-            if not self._context.fits_for_certain(window, payload, stored, plan.new_messages):
+            if not self._context.fits_for_certain(window, payload, stored, new_bytes):
                 window = await self._context.fit(
                     key,
                     stored,
@@ -133,6 +145,7 @@ class ChatService:
                     plan.prompt,
                     plan.new_messages,
                     fields,
+                    payload_bytes=len(payload),
                     authorization=request.authorization,
                     headers=request.headers,
                 )
@@ -149,6 +162,7 @@ class ChatService:
                 window.start,
                 plan.replace_from,
                 replaced,
+                stored.exists,
             )
             await self._exchange(payload, request, channel, memory)
 
@@ -241,6 +255,17 @@ class ChatService:
         self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
     ) -> None:
         self._note_usage(usage)
+        try:
+            await self._append(memory, reply, usage, interrupted=interrupted)
+        except ConversationDeleted:
+            # Deleted (by the CLI, another process) while the turn was in flight: the delete wins, the client still
+            # gets its reply.
+            log.warning("turn_not_recorded", reason="conversation_deleted")
+            note(recorded=False)
+
+    async def _append(
+        self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
+    ) -> None:
         await self._store.append_turn(
             Turn(
                 owner=memory.owner,
@@ -253,6 +278,7 @@ class ChatService:
                 usage=usage,
                 window=memory.window,
                 replace_from=memory.replace_from,
+                existed=memory.existed,
             ),
             share_commit=len(self._locks) > 1,
         )
@@ -313,7 +339,7 @@ def _error_event(error: GatewayError) -> bytes:
 def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:
     """The upstream body: the request's own fields, with messages as system prompt, summary, window, new."""
     messages = [*plan.prompt, *window.lead, *window.history, *plan.new_messages]
-    return dumps({**fields, "messages": messages}).encode()
+    return encode({**fields, "messages": messages})
 
 
 def _parse_chunk(data: str) -> dict[str, Any]:

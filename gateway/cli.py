@@ -1,9 +1,11 @@
-"""Command line: ``gateway serve``, ``gateway conversations list|show|export|delete|import`` and ``gateway purge``.
+"""Command line: ``gateway serve``, ``gateway conversations list|show|export|delete|import``, ``gateway purge``,
+``gateway keys create|list|revoke`` and ``gateway --version``.
 
 ``serve [--config PATH] [--host HOST] [--port PORT] [--db PATH] [--upstream-base-url URL]`` runs the server; the
 other commands work on the database file (``--config``, ``--db``), also while a server uses it.  A bad setting,
 or a database or address that cannot be opened, ends with one line on stderr naming the setting and exit status
-2; a command that cannot do what was asked (no such conversation, say) with one line and status 1.  Never a
+2 (a bad argument too); a command that cannot do what was asked (no such conversation, say) with one line and
+status 1.  Only ``keys create`` may create the database; the others refuse a path where none exists.  Never a
 traceback.
 """
 
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from gateway import admin
+from gateway import __version__, admin
 from gateway.app import serve
 from gateway.catalog import ConversationCatalog
 from gateway.config import Config, ConfigError, load_config
@@ -30,11 +34,21 @@ from gateway.transfer import FORMATS, TransferError
 
 EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
+MAX_IDLE_DAYS = 36500  # as retention.idle_days
 OWNER_HELP = "owner hash or a prefix of it, as logged; 'none' for clients without a credential"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (and exit status 2), like every other bad setting; subcommands'
+    parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_SETTING, f"gateway: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Memory gateway for OpenAI-compatible chat APIs.")
+    parser = _Parser(prog="gateway", description="Memory gateway for OpenAI-compatible chat APIs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the HTTP server")
     serve_cmd.add_argument("--config", metavar="PATH", help="config file (default: ./config.toml if present)")
@@ -46,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                 metavar=setting.key.split(".")[-1].upper(),
                 help=f"{setting.help} [{setting.key}, env {setting.variable}, default {setting.default}]",
             )
-    database = argparse.ArgumentParser(add_help=False)
+    database = _Parser(add_help=False)
     database.add_argument("--config", metavar="PATH", help="config file (default: ./config.toml if present)")
     database.add_argument("--db", dest="storage.path", metavar="PATH", help="database file [storage.path]")
     conversations = commands.add_parser("conversations", help="list, show, export, import or delete conversations")
@@ -65,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("file", metavar="FILE", help="export file ('-' for stdin)")
     imports.add_argument("--owner", metavar="HASH", help="store them under this full owner hash, or 'none'")
     purge = commands.add_parser("purge", parents=[database], help="delete conversations idle too long")
-    purge.add_argument("--idle-days", type=float, metavar="DAYS", help="instead of retention.idle_days")
+    purge.add_argument("--idle-days", type=_days, metavar="DAYS", help="instead of retention.idle_days")
     keys = commands.add_parser("keys", help="create, list or revoke gateway keys")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", parents=[database], help="a new key, printed once")
@@ -84,6 +98,26 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _days(text: str) -> float:
+    """A number of days as ``retention.idle_days`` takes it: finite, 0 to MAX_IDLE_DAYS (nan and inf parse as
+    floats, and a negative age would purge everything)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 0 <= days <= MAX_IDLE_DAYS:  # false for nan as well
+        raise argparse.ArgumentTypeError(f"expected a number of days from 0 to {MAX_IDLE_DAYS}, got {text!r}")
+    return days
+
+
+def _version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
+    try:
+        return metadata.version("memory-gateway")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def _fail(message: str) -> int:
     print(f"gateway: error: {message}", file=sys.stderr)
     return EXIT_BAD_SETTING
@@ -96,6 +130,8 @@ def _run_server(config: Config) -> int:
         return _fail(str(exc))
     except sqlite3.Error as exc:
         return _fail(f"storage.path: cannot open database {str(config.db_path)!r}: {exc}")
+    except GatewayError as exc:
+        return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc.message}")
     except OSError as exc:
         if exc.filename is not None:
             return _fail(f"storage.path: cannot open database {str(config.db_path)!r}: {exc.strerror}")
@@ -152,8 +188,9 @@ async def _run_admin(config: Config, command: Callable[[ConversationStore], Awai
 
 
 def _admin(args: dict[str, Any], config: Config) -> int:
-    command = args["command"]
-    if not config.db_path.is_file() and command != "keys":  # a mistyped path must not create an empty database
+    # A mistyped path must not create an empty database: only the first key may (a new deployment's first step).
+    creates = args["command"] == "keys" and args.get("action") == "create"
+    if not creates and not config.db_path.is_file():
         return _fail(f"storage.path: no database at {str(config.db_path)!r}")
     try:
         asyncio.run(_run_admin(config, _admin_command(args, config)))
@@ -165,6 +202,10 @@ def _admin(args: dict[str, Any], config: Config) -> int:
         return EXIT_FAILED
     except sqlite3.Error as exc:
         return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc}")
+    except OSError as exc:  # the database's directory cannot be made, say
+        return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc.strerror}")
+    except KeyboardInterrupt:
+        return EXIT_FAILED
     return 0
 
 

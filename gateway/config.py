@@ -7,7 +7,9 @@ one line before exiting with status 2.
 
 from __future__ import annotations
 
+import difflib
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -232,6 +234,32 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
 
 
 _TABLES = ("tenants", "models")  # sections holding one table per name rather than settings
+# Variables of the gateway's family that are not settings: the config file's path, and the address of the
+# gateway that the examples (clients) read, often exported in the same shell.
+_OTHER_VARIABLES = frozenset({"GATEWAY_CONFIG", "GATEWAY_URL"})
+
+
+def _warn_unknown_variables(env: Mapping[str, str], warn: Callable[[str], None]) -> None:
+    """A ``GATEWAY_*`` variable that names no setting is most likely a typo: say so (an unknown key in the
+    config file is an error; a stray variable in an environment the gateway shares with everything else is not)."""
+    known = {setting.variable for setting in SETTINGS} | _OTHER_VARIABLES
+    # Suggestions, compared without the prefix they all share (which would make any two look alike): each
+    # variable, and for a setting with a variable of its own the GATEWAY_<SECTION>_<NAME> it does not answer to
+    # (GATEWAY_UPSTREAM_API_KEY: DASHSCOPE_API_KEY).
+    by_rest = {name.removeprefix("GATEWAY_"): name for name in known if name.startswith("GATEWAY_")}
+    by_rest.update({setting.key.upper().replace(".", "_"): setting.variable for setting in SETTINGS if setting.env})
+    for name in sorted(name for name in env if name.startswith("GATEWAY_") and name not in known):
+        close = difflib.get_close_matches(name.removeprefix("GATEWAY_"), sorted(by_rest), n=1, cutoff=0.7)
+        hint = (
+            f"did you mean {by_rest[close[0]]}?"
+            if close
+            else "settings are GATEWAY_<SECTION>_<NAME>, e.g. GATEWAY_AUTH_MODE"
+        )
+        warn(f"{name}: unknown environment variable, ignored ({hint})")
+
+
+def _print_warning(message: str) -> None:
+    print(f"gateway: warning: {message}", file=sys.stderr)
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -243,6 +271,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         raise ConfigError(f"config file {str(path)!r}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition; tomllib lets the decoding error through
+        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text (byte {exc.start})") from None
     known = {s.key for s in SETTINGS}
     flat: dict[str, Any] = {}
     for section, table in data.items():
@@ -278,13 +308,16 @@ def load_config(
     config_path: str | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    warn: Callable[[str], None] = _print_warning,
 ) -> Config:
     """Build the one ``Config``: flags > environment > config file > defaults, then validate every value.
 
     ``flags`` maps setting keys (``"server.port"``) to values given on the command line; ``None`` values are
     ignored.  Without an explicit path (flag or ``GATEWAY_CONFIG``) a missing ``config.toml`` is not an error.
+    ``warn`` is told, one line each, of ``GATEWAY_*`` variables that name no setting (default: stderr).
     """
     env = os.environ if env is None else env
+    _warn_unknown_variables(env, warn)
     flags = flags or {}
     explicit = config_path or env.get("GATEWAY_CONFIG")
     path = Path(explicit or DEFAULT_CONFIG_FILE)

@@ -9,6 +9,7 @@ dropped turns are summarized before the request goes out.  Knows no SQL and no H
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +17,16 @@ from typing import Any
 from gateway.cache import Memory
 from gateway.config import Config
 from gateway.errors import InvalidRequest
-from gateway.protocol import Message, dumps
+from gateway.protocol import Message
 from gateway.summaries import Summarizer
 from gateway.tokens import MEDIA_TOKENS, TokenCounter
 from gateway.window import Budget, place_window, with_reasoning
 
 # Chat-template text the upstream wraps around tools and roles, beyond what the JSON shows.
 TEMPLATE_MARGIN_TOKENS = 256
+# Past either, fit() counts in a worker thread: about a millisecond of work on the event loop at these sizes.
+OFF_LOOP_BYTES = 256 * 1024
+OFF_LOOP_MESSAGES = 5000
 _MEDIA_MARKERS = (b'"image_url"', b'"input_audio"', b'"video_url"', b'"video"')
 
 
@@ -69,13 +73,16 @@ class ContextPlanner:
         lead = [stored.summary] if stored.summary is not None else []
         return Window(lead, replayed, start, stored.summary, limit, loop_open, changed=False)
 
-    def fits_for_certain(self, window: Window, payload: bytes, stored: Memory, new: Sequence[Message]) -> bool:
+    def fits_for_certain(self, window: Window, payload: bytes, stored: Memory, new_bytes: int) -> bool:
+        """``new_bytes``: the JSON size of the request's new messages."""
+        if len(payload) + TEMPLATE_MARGIN_TOKENS > window.limit:
+            return False  # already too large at a byte a token: no need to look further (megabytes, for some)
         media = sum(payload.count(marker) for marker in _MEDIA_MARKERS)
         within_turns = not self._config.max_turns or (
             sum(1 for m in window.history if m.get("role") == "user") <= self._config.max_turns
         )
         # What the upstream itself counted last turn, plus the reply and the new messages at a byte a token.
-        measured = _measured(stored, len(dumps(new)))
+        measured = _measured(stored, new_bytes)
         bound = max(len(payload) + media * MEDIA_TOKENS + TEMPLATE_MARGIN_TOKENS, measured or 0)
         return within_turns and bound <= window.limit
 
@@ -88,28 +95,25 @@ class ContextPlanner:
         new: Sequence[Message],
         fields: Mapping[str, Any],
         *,
+        payload_bytes: int,
         authorization: str | None,
         headers: Mapping[str, str],
     ) -> Window:
         """The window counted and placed; raises ``InvalidRequest`` (context_length_exceeded) when the new messages
-        cannot fit even alone."""
+        cannot fit even alone.  ``payload_bytes``: the size of the request as it stands."""
         model = _model(fields)
         await self._counter.prepare(model)
-        counts = self._counter.history(key, model, window.replayed)
-        roles = [m.get("role") for m in stored.messages]
-        fixed = (
-            self._counter.messages(model, [*system, *new])
-            + sum(self._counter.value(model, fields.get(name)) for name in ("tools", "response_format"))
-            + TEMPLATE_MARGIN_TOKENS
-        )
+        args = (key, model, stored, window, system, new, fields)
+        # CPU work that grows with the request or the history (tokenizing megabytes takes seconds) runs in a
+        # worker thread, so that one large request does not stall everyone else's.
+        if payload_bytes > OFF_LOOP_BYTES or len(stored.messages) > OFF_LOOP_MESSAGES:
+            counted = await asyncio.to_thread(self._count, *args)
+        else:
+            counted = self._count(*args)
+        roles, counts, fixed, start = counted
         budget = Budget(window.limit, self._config.low_water, self._config.max_turns)
         summary = window.summary
-        lead_tokens = self._counter.messages(model, window.lead)
-        # The upstream's own count of the last request, where known, corrects ours when ours falls short.
-        measured = _measured(stored, self._counter.messages(model, new))
-        fixed += max(0, (measured or 0) - (fixed + lead_tokens + sum(counts[window.start :])))
         loop_open = window.loop_open
-        start = place_window(roles, counts, fixed + lead_tokens, window.start, budget, loop_open=loop_open)
         if start > window.start and self._summarizer is not None:
             written = await self._summarizer.summarize(
                 summary,
@@ -122,7 +126,12 @@ class ContextPlanner:
             if written is not None:
                 try:
                     placed = place_window(
-                        roles, counts, fixed + self._counter.message(model, written), start, budget, loop_open=loop_open
+                        roles,
+                        counts,
+                        fixed + self._counter.message(model, written, window.limit),
+                        start,
+                        budget,
+                        loop_open=loop_open,
                     )
                 except InvalidRequest:
                     pass  # no room for the summary: go without it rather than fail a request that fits
@@ -131,6 +140,37 @@ class ContextPlanner:
         lead = [summary] if summary is not None else []
         changed = start != window.start or summary is not window.summary
         return Window(lead, window.replayed, start, summary, window.limit, loop_open, changed)
+
+    def _count(
+        self,
+        key: Hashable,
+        model: str | None,
+        stored: Memory,
+        window: Window,
+        system: Sequence[Message],
+        new: Sequence[Message],
+        fields: Mapping[str, Any],
+    ) -> tuple[list[str | None], list[int], int, int]:
+        """Roles and token counts of the history, the tokens sent whatever the cut (everything but the history
+        and the stored summary), and where the window opens with the stored summary.  Counting stops past the
+        window's limit: what is longer cannot fit however it is cut."""
+        cap = window.limit + 1
+        counts = self._counter.history(key, model, window.replayed, cap)
+        roles = [m.get("role") for m in stored.messages]
+        new_tokens = self._counter.messages(model, new, cap)
+        fixed = (
+            self._counter.messages(model, system, cap)
+            + new_tokens
+            + sum(self._counter.value(model, fields.get(name)) for name in ("tools", "response_format"))
+            + TEMPLATE_MARGIN_TOKENS
+        )
+        lead_tokens = self._counter.messages(model, window.lead, cap)
+        # The upstream's own count of the last request, where known, corrects ours when ours falls short.
+        measured = _measured(stored, new_tokens)
+        fixed += max(0, (measured or 0) - (fixed + lead_tokens + sum(counts[window.start :])))
+        budget = Budget(window.limit, self._config.low_water, self._config.max_turns)
+        start = place_window(roles, counts, fixed + lead_tokens, window.start, budget, loop_open=window.loop_open)
+        return roles, counts, fixed, start
 
 
 def _measured(stored: Memory, new_tokens: int) -> int | None:

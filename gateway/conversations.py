@@ -18,7 +18,7 @@ from gateway.catalog import ConversationCatalog, ConversationInfo, NewMessage, S
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.history import split_system
 from gateway.ordering import KeyedLocks
-from gateway.protocol import validate_conversation_id, validate_messages
+from gateway.protocol import Message, dumps, validate_conversation_id, validate_messages
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -64,10 +64,32 @@ def parse_metadata(value: Any) -> dict[str, str]:
     return value
 
 
+def check_history_size(messages: Sequence[Message], max_bytes: int) -> None:
+    """``InvalidRequest`` (conversation_too_large) when ``messages`` are more than a conversation may hold
+    (``limits.max_history_bytes``), as chat turns are refused past it."""
+    size = sum(len(dumps(m)) for m in messages)
+    if size > max_bytes:
+        raise InvalidRequest(
+            f"The messages hold {size} bytes of JSON, more than a conversation may ({max_bytes}, "
+            "limits.max_history_bytes).",
+            code="conversation_too_large",
+            param="messages",
+        )
+
+
 class ConversationsService:
-    def __init__(self, catalog: ConversationCatalog, locks: KeyedLocks) -> None:
+    def __init__(
+        self,
+        catalog: ConversationCatalog,
+        locks: KeyedLocks,
+        *,
+        max_messages: int | None = None,
+        max_history_bytes: int | None = None,
+    ) -> None:
         self._catalog = catalog
         self._locks = locks
+        self._max_messages = max_messages
+        self._max_history_bytes = max_history_bytes
 
     async def list(self, owner: str, page: PageRequest) -> dict[str, Any]:
         cursor = None
@@ -111,7 +133,17 @@ class ConversationsService:
         fields = _fields(body, ("id", "metadata", "messages"))
         conversation_id = _optional_id(fields, "id")
         metadata = parse_metadata(fields.get("metadata", {}))
-        system, history = split_system(validate_messages(fields.get("messages", []), allow_empty=True))
+        messages = validate_messages(fields.get("messages", []), allow_empty=True)
+        # The limits of a chat request apply to what a conversation may be created with.
+        if self._max_messages is not None and len(messages) > self._max_messages:
+            raise InvalidRequest(
+                f"At most {self._max_messages} messages (limits.max_messages).",
+                code="too_many_messages",
+                param="messages",
+            )
+        if self._max_history_bytes is not None:
+            check_history_size(messages, self._max_history_bytes)
+        system, history = split_system(messages)
         now = time.time()
         info = ConversationInfo(0, owner, conversation_id, now, now, 0, None, metadata, 0, 0, 0, system or None)
         async with self._locks.hold((owner, conversation_id)):

@@ -41,6 +41,13 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its whole request in time (``server.body_timeout_seconds``)."""
+
+    status = 408
+    type = "invalid_request_error"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "invalid_request_error"  # as OpenAI answers a bad key

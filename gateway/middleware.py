@@ -22,6 +22,7 @@ from aiohttp.abc import AbstractAccessLogger
 from gateway.access import Gatekeeper, Limiter, Principal
 from gateway.cors import CorsPolicy
 from gateway.errors import GatewayError, HeadersTooLarge, PermissionDenied, error_body
+from gateway.heap import HeapTrimmer
 from gateway.lifecycle import Drain
 from gateway.logconfig import note, open_request_fields, request_fields
 from gateway.metrics import Metrics
@@ -40,6 +41,7 @@ METRICS = web.AppKey("metrics", Metrics)
 DRAIN = web.AppKey("drain", Drain)
 LIMITER = web.AppKey("limiter", Limiter)
 CORS = web.AppKey("cors", CorsPolicy)
+HEAP = web.AppKey("heap", HeapTrimmer)
 MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
 _API_PREFIXES = ("/v1/", "/api/v1/")  # OpenAI-compatible, and DashScope's native protocol
 NATIVE_PREFIX = "/api/v1/"
@@ -56,6 +58,8 @@ class CanonicalLine(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         _canonical_line(request, response.status, time)
+        if isinstance(request, web.Request):
+            request.app[HEAP].after(request.content_length)
 
 
 @web.middleware

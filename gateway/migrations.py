@@ -125,12 +125,71 @@ async def m005_context_window(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE conversations ADD COLUMN summary_json TEXT")
 
 
+async def m006_history_bytes_and_deleted_conversations(db: aiosqlite.Connection) -> None:
+    # history_bytes: the stored history's JSON size (characters), kept with each write, so a turn knows how large
+    # a conversation is before reading it (large ones are read off the event loop; limits.max_history_bytes).
+    await db.execute("ALTER TABLE conversations ADD COLUMN history_bytes INTEGER NOT NULL DEFAULT 0")
+    await db.execute(
+        """
+        UPDATE conversations SET history_bytes =
+            (SELECT coalesce(sum(length(body)), 0) FROM messages WHERE conversation_id = conversations.id)
+        """
+    )
+    # The turn trigger anew: it adds history_bytes, and a turn planned against an existing conversation (existed
+    # = 1) that was deleted meanwhile (by the CLI, another process) is refused instead of bringing the
+    # conversation back with its deleted history's counters: a delete by any path wins.
+    await db.execute("DROP TRIGGER turn_writes_insert")
+    await db.execute("DROP VIEW turn_writes")
+    await db.execute(
+        """
+        CREATE VIEW turn_writes AS SELECT
+            NULL AS owner, NULL AS external_id, NULL AS at, NULL AS model, NULL AS system_json,
+            NULL AS bodies_json, NULL AS interrupted, NULL AS usage_json,
+            NULL AS prompt_tokens, NULL AS completion_tokens, NULL AS cached_tokens, NULL AS existed
+        WHERE 0
+        """
+    )
+    await db.execute(
+        """
+        CREATE TRIGGER turn_writes_insert INSTEAD OF INSERT ON turn_writes
+        BEGIN
+            SELECT RAISE(ABORT, 'conversation_deleted')
+             WHERE NEW.existed AND NOT EXISTS (
+                   SELECT 1 FROM conversations WHERE owner = NEW.owner AND external_id = NEW.external_id);
+            INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json,
+                                       message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes)
+            VALUES (NEW.owner, NEW.external_id, NEW.at, NEW.at, NEW.model, NEW.system_json,
+                    json_array_length(NEW.bodies_json), NEW.prompt_tokens, NEW.completion_tokens, NEW.cached_tokens,
+                    (SELECT coalesce(sum(length(value)), 0) FROM json_each(NEW.bodies_json)))
+            ON CONFLICT (owner, external_id) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                model = COALESCE(excluded.model, conversations.model),
+                system_json = COALESCE(excluded.system_json, conversations.system_json),
+                message_count = conversations.message_count + excluded.message_count,
+                prompt_tokens = conversations.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = conversations.completion_tokens + excluded.completion_tokens,
+                cached_tokens = conversations.cached_tokens + excluded.cached_tokens,
+                history_bytes = conversations.history_bytes + excluded.history_bytes;
+            -- The last message is the reply: it alone carries the interrupted flag and the usage.
+            INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
+            SELECT c.id, c.message_count - json_array_length(NEW.bodies_json) + b.key,
+                   json_extract(b.value, '$.role'), b.value, NEW.at,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.interrupted ELSE 0 END,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.usage_json END
+              FROM conversations AS c, json_each(NEW.bodies_json) AS b
+             WHERE c.owner = NEW.owner AND c.external_id = NEW.external_id;
+        END
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     m001_conversations_and_messages,
     m002_turn_writes,
     m003_conversation_metadata,
     m004_gateway_keys,
     m005_context_window,
+    m006_history_bytes_and_deleted_conversations,
 )
 
 

@@ -16,7 +16,7 @@ from gateway.errors import error_body
 from gateway.logconfig import note
 from gateway.middleware import REQUEST_ID
 from gateway.native import NativeStream, answer_shape, native_error, native_reply, openai_body
-from gateway.protocol import dumps, loads, parse_chat_body, parse_json_body
+from gateway.protocol import dumps, encode, loads, parse_chat_body, parse_json_body
 from gateway.routes import CONFIG, IN_FLIGHT, HttpChannel, answer_chat, read_body
 from gateway.streaming import DONE, SseParser
 
@@ -87,11 +87,9 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     native = parse_json_body(raw)
     sse = request.headers.get("X-DashScope-SSE", "").lower() == "enable"
     stream = sse or "text/event-stream" in request.headers.get("Accept", "")
-    body = parse_chat_body(
-        dumps(openai_body(native, stream=stream)).encode(), max_messages=request.app[CONFIG].max_messages
-    )
+    body = parse_chat_body(encode(openai_body(native, stream=stream)), max_messages=request.app[CONFIG].max_messages)
     note(protocol="native")
     result_format, incremental = answer_shape(native)
     channel = NativeChannel(request, result_format, incremental, request[REQUEST_ID])
     forwarded = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
-    return await answer_chat(request, body, dumps(body.fields).encode(), channel, forwarded)
+    return await answer_chat(request, body, encode(body.fields), channel, forwarded)

@@ -175,7 +175,9 @@ _SCHEMAS: dict[str, Any] = {
         {"code": {"type": "string"}, "message": {"type": "string"}, "request_id": {"type": "string"}},
         ("code", "message", "request_id"),
     ),
-    "Status": _object({"status": {"type": "string"}, "database": {"type": "string"}}, ("status",)),
+    "Status": _object(
+        {"status": {"type": "string"}, "database": {"type": "string"}, "detail": {"type": "string"}}, ("status",)
+    ),
 }
 
 
@@ -319,10 +321,13 @@ def _paths() -> dict[str, Any]:
         "/healthz": {"get": _operation("The process is alive", _json(_ref("Status"), "Alive"), api=False)},
         "/readyz": {
             "get": {
-                "summary": "The database is reachable",
+                "summary": "A turn could be recorded now",
                 "responses": {
                     "200": _json(_ref("Status"), "Ready"),
-                    "503": _json(_ref("Status"), "Not ready: the database is unreachable, or the server is draining"),
+                    "503": _json(
+                        _ref("Status"),
+                        "Not ready: draining, or a storage fault (database: the reason, detail: a sentence)",
+                    ),
                     **_errors(431),
                 },
             }

@@ -21,6 +21,9 @@ Message = dict[str, Any]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SYSTEM_ROLES = frozenset({"system", "developer"})
 MAX_CONVERSATION_ID = 256
+# orjson parses 1,024 levels but serializes only 254, and the gateway re-serializes what it stores and sends: one
+# limit, checked at parse time, well inside both (deeply nested tool schemas stay far below it).
+MAX_JSON_DEPTH = 128
 _CONVERSATION_ID = re.compile(rf"[!-~]{{1,{MAX_CONVERSATION_ID}}}")
 
 
@@ -34,12 +37,30 @@ class ChatBody:
     model: str | None
 
 
-def parse_json_body(raw: bytes) -> Any:
-    """A request body as JSON; ``InvalidRequest`` (invalid_json) naming what is wrong otherwise."""
+def parse_json_body(raw: bytes | str) -> Any:
+    """A request body (or an imported record) as JSON; ``InvalidRequest`` (invalid_json) naming what is wrong
+    otherwise, nesting deeper than ``MAX_JSON_DEPTH`` included."""
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"Request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` deep (iterative: no recursion limit to hit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def parse_chat_body(raw: bytes, *, max_messages: int | None = None) -> ChatBody:
@@ -120,6 +141,12 @@ def cached_tokens(usage: Mapping[str, Any]) -> Any:
 def dumps(value: Any) -> str:
     """Compact UTF-8 JSON, the one serialization used for storage and upstream bodies (stable bytes for caching)."""
     return orjson.dumps(value).decode()
+
+
+def encode(value: Any) -> bytes:
+    """``dumps`` as bytes, for what goes on the wire: no round trip through ``str`` (megabytes of it, for a big
+    message)."""
+    return orjson.dumps(value)
 
 
 def loads(text: str | bytes) -> Any:

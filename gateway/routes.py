@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import __version__
 from gateway.access import tenant_owner
 from gateway.chat import ChatRequest, ChatService, ClientGone
 from gateway.config import Config
+from gateway.connections import waiting_for_client
 from gateway.conversations import ConversationsService, parse_page
-from gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
-from gateway.keys import valid_tenant
+from gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    PermissionDenied,
+    RequestTimeout,
+)
+from gateway.keys import KEY_PREFIX, valid_tenant
 from gateway.lifecycle import InFlight
 from gateway.logconfig import note
 from gateway.middleware import DRAIN, METRICS, NATIVE_PREFIX, PRINCIPAL
 from gateway.openapi import document
 from gateway.passthrough import FORWARDED_METHODS, Forward, PassThrough
-from gateway.protocol import ChatBody, dumps, parse_chat_body, parse_json_body, validate_conversation_id
+from gateway.protocol import (
+    ChatBody,
+    bearer_credential,
+    dumps,
+    parse_chat_body,
+    parse_json_body,
+    validate_conversation_id,
+)
+from gateway.readiness import StorageFault
 from gateway.store import ConversationStore
 
 CONFIG = web.AppKey("config", Config)
@@ -82,10 +100,9 @@ async def answer_chat(
     header = request.headers.get(CONVERSATION_HEADER)
     conversation_id = validate_conversation_id(header) if header is not None else None
     principal = request[PRINCIPAL]
-    # A client's own credential may go upstream (open mode); a gateway key never does.
-    authorization = request.headers.get("Authorization") if principal.key_id is None else None
+    authorization = _upstream_authorization(request)
     note(conversation_id=conversation_id, model=body.model, stream=body.stream)
-    headers = forwarded if forwarded is not None else request.headers
+    headers = _without_upstream_key(request, forwarded if forwarded is not None else request.headers)
     try:
         await request.app[CHAT].complete(
             ChatRequest(body, raw, conversation_id, principal.owner, authorization, headers), channel
@@ -97,13 +114,68 @@ async def answer_chat(
 
 
 async def read_body(request: web.Request) -> bytes:
-    limit = request.app[CONFIG].max_body_bytes
+    """The whole body, within ``server.max_body_bytes`` (else 413) and ``server.body_timeout_seconds`` in all,
+    however it trickles (else 408): a byte now and then must not hold the connection, or an in-flight slot."""
+    config = request.app[CONFIG]
+    limit = config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large")
     try:
-        return await request.read()
+        if request.content.is_eof():  # the usual case: the body came with the headers, nothing to wait for
+            return await request.read()
+        with waiting_for_client(request):
+            async with asyncio.timeout(config.body_timeout):
+                return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large") from None
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {config.body_timeout:g} seconds.", code="request_timeout"
+        ) from None
+
+
+def _upstream_authorization(request: web.Request) -> str | None:
+    """The ``Authorization`` that goes upstream for this request, or None for none of the client's (the gateway
+    then sends its own key, when it holds one).  A gateway key never goes upstream.
+
+    Open mode: the client's own credential.  Keys mode: the gateway's key (``upstream.api_key``), else the value
+    of the client's ``auth.upstream_key_header`` (a bare key gets ``Bearer`` put in front), else nothing at all;
+    the start-up refuses that last case, but in ``auto`` mode the first gateway key can be created while the
+    server runs, and such requests are refused here with a 500 naming the settings rather than sent upstream
+    without a key (which would answer 401, blaming the client's valid gateway key)."""
+    if request[PRINCIPAL].key_id is None:
+        return request.headers.get("Authorization")
+    config = request.app[CONFIG]
+    if config.upstream_api_key:
+        return None
+    if not config.upstream_key_header:
+        raise GatewayError(
+            "The gateway holds no upstream key for keys mode: its operator must set upstream.api_key "
+            "(DASHSCOPE_API_KEY) or auth.upstream_key_header, and restart it.",
+            code="upstream_key_not_configured",
+        )
+    value = request.headers.get(config.upstream_key_header, "").strip()
+    if not value:
+        raise AuthenticationFailed(
+            f"This gateway needs your own upstream key: send it in the '{config.upstream_key_header}' header.",
+            code="missing_upstream_key",
+        )
+    if bearer_credential(value).startswith(KEY_PREFIX):
+        raise AuthenticationFailed(
+            f"The '{config.upstream_key_header}' header must carry an upstream key, not a gateway key.",
+            code="invalid_upstream_key",
+        )
+    return value if " " in value else f"Bearer {value}"
+
+
+def _without_upstream_key(request: web.Request, headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` without ``auth.upstream_key_header``: its value goes upstream only as ``Authorization``."""
+    name = request.app[CONFIG].upstream_key_header
+    if not name:
+        return headers
+    kept = CIMultiDict(headers)
+    kept.popall(name, None)
+    return kept
 
 
 async def pass_through(request: web.Request) -> web.StreamResponse:
@@ -113,7 +185,7 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
         # The gateway's own routes answer only their own methods; OPTIONS is CORS's (middleware), never forwarded.
         raise web.HTTPMethodNotAllowed(request.method, _OWN_METHODS if path.startswith(_OWN_PREFIXES) else ())
     native = path.startswith(NATIVE_PREFIX)
-    principal = request[PRINCIPAL]
+    authorization = _upstream_authorization(request)
     channel = HttpChannel(request)
     note(forwarded=True)
     with request.app[IN_FLIGHT]:
@@ -123,8 +195,8 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
             query=request.rel_url.raw_query_string,
             body=await read_body(request),
             native=native,
-            authorization=request.headers.get("Authorization") if principal.key_id is None else None,
-            headers=request.headers,
+            authorization=authorization,
+            headers=_without_upstream_key(request, request.headers),
         )
         try:
             await request.app[PASS_THROUGH].forward(forward, channel)
@@ -206,13 +278,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 when a turn could be recorded now; 503 while draining, or naming the storage fault in the way."""
     if request.app[DRAIN].started:
         return web.json_response({"status": "draining"}, status=503)
     try:
-        await request.app[STORE].ping()
+        fault = await request.app[STORE].readiness()
     except Exception as exc:
         structlog.get_logger("gateway").warning("database_unreachable", error=type(exc).__name__)
-        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+        fault = StorageFault("unreachable", "the database could not be checked")
+    if fault is not None:
+        structlog.get_logger("gateway").warning("database_not_ready", reason=fault.reason)
+        body = {"status": "unavailable", "database": fault.reason, "detail": fault.detail}
+        return web.json_response(body, status=503)
     return web.json_response({"status": "ready", "database": "ok"})
 
 

@@ -22,6 +22,10 @@ conversations are also held in a ``HistoryCache``; ``PRAGMA data_version`` on th
 microseconds) tells whether any other connection wrote since the last look, in which case the cache is dropped.
 The price of the inline path: a cache miss reads the history on the event loop, about 4 ms for a 2,000-message
 conversation, during which other requests wait.
+
+``readiness`` says whether a turn could be recorded now (``/readyz``): both connections are of a
+``sqlite3.Connection`` subclass that reports each commit's outcome (``gateway.readiness``), and the file is
+compared with the one opened.
 """
 
 from __future__ import annotations
@@ -40,11 +44,15 @@ import structlog
 from gateway.cache import HistoryCache, Memory
 from gateway.errors import StorageUnavailable
 from gateway.migrations import migrate
+from gateway.readiness import FileWatch, StorageFault, WriteWatch, watched_connection
 from gateway.turns import (
+    CONVERSATION_DELETED,
+    HISTORY_BYTES,
     LOAD,
     Turn,
     memory_from_rows,
     turn_params,
+    turn_size,
     turn_statements,
 )
 
@@ -69,13 +77,34 @@ class Transaction:
         return list(await self._db.execute_fetchall(sql, params))
 
 
+class ConversationDeleted(Exception):
+    """A turn's conversation was deleted (by the CLI, say) while the turn was in flight: it was not recorded."""
+
+
+# Histories larger than this (stored JSON characters) are read off the event loop: ~1 ms of reading and parsing
+# on it at this size, where a 64 MB history would stall every request for a second.
+INLINE_READ_BYTES = 1 << 20
 # How often the background task folds the WAL back into the database file while there were writes.
 CHECKPOINT_INTERVAL_SECONDS = 1.0
+# While a write failure is remembered, how often readiness tries a write again to see whether it has gone.
+WRITE_PROBE_INTERVAL_SECONDS = 1.0
 
 
 class ConversationStore:
+    # Set by ``open`` (readiness: the file as opened, and how the latest writes went); None for a store built
+    # around connections it was handed.
+    _files: FileWatch | None = None
+    _writes: WriteWatch | None = None
+    _probed_at = float("-inf")
+
     def __init__(
-        self, inline: sqlite3.Connection, waiting: aiosqlite.Connection, *, inline_writes: bool, cache_messages: int
+        self,
+        inline: sqlite3.Connection,
+        waiting: aiosqlite.Connection,
+        *,
+        inline_writes: bool,
+        cache_messages: int,
+        cache_bytes: int | None = None,
     ) -> None:
         # Kept rather than looked up per call: on Python 3.11 every asyncio.get_running_loop() is a getpid()
         # system call, and the hot path needed a few per turn.
@@ -83,7 +112,7 @@ class ConversationStore:
         self._inline = inline
         self._waiting = waiting
         self._inline_writes = inline_writes
-        self._cache = HistoryCache(cache_messages)
+        self._cache = HistoryCache(cache_messages, cache_bytes)
         self._data_version: int | None = None
         self._version_checked = False
         self._generation = 0
@@ -95,16 +124,36 @@ class ConversationStore:
 
     @classmethod
     async def open(
-        cls, path: Path, *, synchronous: str = "normal", busy_timeout_ms: int = 5000, cache_messages: int = 0
+        cls,
+        path: Path,
+        *,
+        synchronous: str = "normal",
+        busy_timeout_ms: int = 5000,
+        cache_messages: int = 0,
+        cache_bytes: int | None = None,
     ) -> ConversationStore:
         """Open (creating and migrating if needed) the database at ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        waiting = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
+        writes = WriteWatch()
+        # The plain connection first, made to read the header: a path SQLite cannot open (a directory, a file
+        # that is not a database) fails here, before aiosqlite's thread exists.  Failing inside aiosqlite.connect
+        # left that thread answering an event loop that asyncio.run had already closed, with tracebacks.
+        inline = sqlite3.connect(
+            path, isolation_level="IMMEDIATE", factory=watched_connection(writes, statements=False)
+        )
+        try:
+            inline.execute("PRAGMA schema_version").fetchone()
+            files = FileWatch(path)
+            waiting = await aiosqlite.connect(
+                path, isolation_level="IMMEDIATE", factory=watched_connection(writes, statements=True)
+            )
+        except BaseException:
+            inline.close()
+            raise
         try:
             await waiting.executescript(_pragmas(synchronous, busy_timeout_ms))
             await waiting.execute("PRAGMA journal_mode = WAL")
             await migrate(waiting)
-            inline = sqlite3.connect(path, isolation_level="IMMEDIATE")
             # A larger page cache than the 2 MB default: the inline connection does all the hot reads and writes.
             # No foreign-key enforcement here (~7 of the ~30 us a turn's INSERT took): this connection only ever
             # appends turns through the turn_writes trigger, whose messages take their conversation id from the
@@ -115,10 +164,14 @@ class ConversationStore:
                 + "PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -32000;"
             )
         except BaseException:
+            inline.close()
             await waiting.close()
             raise
-        store = cls(inline, waiting, inline_writes=synchronous != "full", cache_messages=cache_messages)
+        store = cls(
+            inline, waiting, inline_writes=synchronous != "full", cache_messages=cache_messages, cache_bytes=cache_bytes
+        )
         store._checkpointer = asyncio.create_task(store._checkpoint_periodically())
+        store._files, store._writes = files, writes
         return store
 
     async def close(self) -> None:
@@ -139,11 +192,50 @@ class ConversationStore:
         (count,) = self._inline.execute("SELECT count(*) FROM conversations").fetchone()
         return int(count)
 
-    async def ping(self) -> None:
-        self._inline.execute("SELECT 1 FROM conversations LIMIT 1").fetchall()
+    async def readiness(self, *, write: bool = False) -> StorageFault | None:
+        """None when a turn could be recorded now, else what stands in the way (``gateway.readiness``): the file
+        deleted or replaced under the gateway, read-only, a full disk, a failed read, or a failed write (a commit
+        or a checkpoint) not followed by a successful one.  ``write``: prove it with a write now (at start-up)."""
+        if self._files is not None and (fault := self._files.fault()) is not None:
+            return fault
+        try:
+            self._inline.execute("SELECT 1 FROM conversations LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            return StorageFault("unreachable", f"the database cannot be read: {exc}")
+        writes = self._writes if self._writes is not None else WriteWatch()
+        # An unready gateway gets no turns (the load balancer stops sending them), so no turn would ever show
+        # that the fault has gone: try the failed kind of write again here, at most once per interval.
+        now = time.monotonic()
+        if write or (not writes.healthy and now - self._probed_at >= WRITE_PROBE_INTERVAL_SECONDS):
+            if not write:  # the start-up's write does not count against the interval
+                self._probed_at = now
+            if write or writes.commit_error is not None:
+                self._probe_write(writes)
+            if writes.checkpoint_error is not None:
+                with contextlib.suppress(sqlite3.Error):  # the watched connection records how it went
+                    await self._waiting.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        return writes.fault()
+
+    def _probe_write(self, writes: WriteWatch) -> None:
+        """Commit a real write that changes nothing (the header's user_version, rewritten as it is) on the inline
+        connection, whose own commits leave the cache alone, outside any transaction (it holds none between
+        event-loop callbacks)."""
+        if self._inline.in_transaction:
+            return
+        try:
+            (version,) = self._inline.execute("PRAGMA user_version").fetchone()
+            self._inline.execute(f"PRAGMA user_version = {int(version)}")
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):  # another process holding the lock says nothing about the storage
+                writes.failed(exc)
+            return
+        writes.succeeded()
+        self._dirty = True  # for the checkpointer
 
     async def load(self, owner: str, external_id: str) -> Memory:
-        """The conversation's system prompt and history, from the cache when it can be trusted."""
+        """The conversation's system prompt and history, from the cache when it can be trusted.  A history over
+        ``INLINE_READ_BYTES`` is read on the waiting connection's thread and parsed in a worker thread, so that
+        one large conversation does not stall every other request."""
         key = (owner, external_id)
         params = (owner, external_id, owner, external_id)
         try:
@@ -152,17 +244,24 @@ class ConversationStore:
                 cached = self._cache.get(key)
                 if cached is not None:
                     return cached
-                rows = self._inline.execute(LOAD, params).fetchall()
+                size = self._inline.execute(HISTORY_BYTES, key).fetchone()
+                if size is None or size[0] <= INLINE_READ_BYTES:
+                    memory = memory_from_rows(self._inline.execute(LOAD, params).fetchall())
+                else:
+                    memory = await self._load_waiting(params)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
                 self._cache.clear()
-                return memory_from_rows(list(await self._waiting.execute_fetchall(LOAD, params)))
+                return await self._load_waiting(params)
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
-        memory = memory_from_rows(rows)
         self._cache.put(key, memory)
         return memory
+
+    async def _load_waiting(self, params: tuple[str, str, str, str]) -> Memory:
+        rows = list(await self._waiting.execute_fetchall(LOAD, params))
+        return await asyncio.to_thread(memory_from_rows, rows) if len(rows) > 1 else memory_from_rows(rows)
 
     def _drop_cache_if_written_elsewhere(self) -> None:
         # data_version changes when another connection commits (our own waiting connection included), never
@@ -209,6 +308,8 @@ class ConversationStore:
                 return
             await asyncio.shield(self._record_waiting(turn, params))
         except sqlite3.Error as exc:
+            if _is_deleted(exc):
+                raise ConversationDeleted from exc
             raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
 
     def _queue_inline(self, turn: Turn, params: tuple[Any, ...]) -> asyncio.Future[bool]:
@@ -229,7 +330,7 @@ class ConversationStore:
             if _is_busy(exc):
                 return False
             raise
-        self._committed(turn)
+        self._committed(turn, params)
         return True
 
     def _commit_batch(self) -> None:
@@ -253,18 +354,18 @@ class ConversationStore:
                 else:
                     future.set_exception(exc)
             return
-        for turn, _, future in batch:
-            self._committed(turn)
+        for turn, params, future in batch:
+            self._committed(turn, params)
             if not future.cancelled():
                 future.set_result(True)
 
-    def _committed(self, turn: Turn) -> None:
+    def _committed(self, turn: Turn, params: tuple[Any, ...]) -> None:
         self._dirty = True
         key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
         if turn.replace_from is not None:
             self._cache.discard(key)  # rare (a retried turn): read the conversation afresh next time
         else:
-            self._cache.extend(key, turn.system, appended, turn.window, turn.usage)
+            self._cache.extend(key, turn.system, appended, turn.window, turn.usage, turn_size(params))
 
     def _commit_inline(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
         started = time.perf_counter()
@@ -280,9 +381,14 @@ class ConversationStore:
             self._observe_write(time.perf_counter() - started)
 
     async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
-        async with self.transaction((turn.owner, turn.external_id)) as tx:
-            for sql, values in turn_statements(turn, params):
-                await tx.execute(sql, values)
+        try:
+            async with self.transaction((turn.owner, turn.external_id)) as tx:
+                for sql, values in turn_statements(turn, params):
+                    await tx.execute(sql, values)
+        except StorageUnavailable as exc:
+            if isinstance(exc.__cause__, sqlite3.Error) and _is_deleted(exc.__cause__):
+                raise ConversationDeleted from exc.__cause__
+            raise
 
     # For the catalog (gateway.catalog): rare, possibly large reads and single-statement writes, on the waiting
     # connection's thread rather than on the event loop.
@@ -338,6 +444,10 @@ class ConversationStore:
                     await self._waiting.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:
                     log.warning("checkpoint_failed", error=type(exc).__name__)
+
+
+def _is_deleted(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.IntegrityError) and CONVERSATION_DELETED in str(exc)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -71,7 +71,7 @@ class Summarizer:
         used = 0
         for message in reversed(dropped):
             line = f"{message.get('role')}: {_text(message)}"
-            used += self._counter.text(model, line)
+            used += self._counter.text(model, line, limit)
             if used > limit:
                 break
             lines.append(line)

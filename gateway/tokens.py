@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ FRAMING_TOKENS = 5
 MEDIA_TOKENS = 1280
 BYTES_PER_TOKEN_ESTIMATE = 3
 MEMO_CONVERSATIONS = 4096
+CHUNK_CHARACTERS = 65536  # longer text is counted in pieces of this size, and only until it is past its cap
 
 
 class _Encoder(Protocol):
@@ -47,6 +49,7 @@ class TokenCounter:
     def __init__(self) -> None:
         self._encoders: dict[str, _Encoder] = {}
         self._memo: OrderedDict[Hashable, tuple[list[int], Message]] = OrderedDict()
+        self._lock = threading.Lock()
 
     async def prepare(self, model: str | None) -> None:
         """Load the vocabulary for ``model`` if it has one and it is not loaded yet (off the event loop)."""
@@ -54,58 +57,74 @@ class TokenCounter:
         if name is not None and name not in self._encoders:
             self._encoders[name] = await asyncio.to_thread(_load, name)
 
-    def text(self, model: str | None, text: str) -> int:
+    def text(self, model: str | None, text: str, cap: int | None = None) -> int:
+        """Tokens of ``text``; with ``cap``, counting stops once past it (what is that long cannot fit anyway), so
+        what one request can make the gateway count is bounded by the model's window, not by its body."""
         if not text:
             return 0
         encoder = self._encoders.get(family(model) or "")
         if encoder is None:
             return math.ceil(len(text.encode()) / BYTES_PER_TOKEN_ESTIMATE)
-        return len(encoder.encode(text))
+        if len(text) <= CHUNK_CHARACTERS:
+            return len(encoder.encode(text))
+        # In pieces, to stop early: a cut inside a word costs a token or so per piece, an overcount on the
+        # safe side.
+        total = 0
+        for start in range(0, len(text), CHUNK_CHARACTERS):
+            total += len(encoder.encode(text[start : start + CHUNK_CHARACTERS]))
+            if cap is not None and total > cap:
+                return total
+        return total
 
-    def message(self, model: str | None, message: Message) -> int:
+    def message(self, model: str | None, message: Message, cap: int | None = None) -> int:
         total = FRAMING_TOKENS
         content = message.get("content")
         if isinstance(content, str):
-            total += self.text(model, content)
+            total += self.text(model, content, cap)
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and part.get("type") == "text":
-                    total += self.text(model, str(part.get("text", "")))
+                    total += self.text(model, str(part.get("text", "")), cap)
                 else:
                     total += MEDIA_TOKENS
         for key in ("name", "tool_call_id", "reasoning_content"):
             if isinstance(message.get(key), str):
-                total += self.text(model, message[key])
+                total += self.text(model, message[key], cap)
         calls = message.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
-                total += FRAMING_TOKENS + self.text(model, dumps(function))
+                total += FRAMING_TOKENS + self.text(model, dumps(function), cap)
         return total
 
-    def messages(self, model: str | None, messages: Sequence[Message]) -> int:
-        return sum(self.message(model, m) for m in messages)
+    def messages(self, model: str | None, messages: Sequence[Message], cap: int | None = None) -> int:
+        return sum(self.message(model, m, cap) for m in messages)
 
     def value(self, model: str | None, value: Any) -> int:
         """A request field that the model reads too (``tools``, ``response_format``), as its JSON."""
         return self.text(model, dumps(value)) if value is not None else 0
 
-    def history(self, key: Hashable, model: str | None, messages: Sequence[Message]) -> list[int]:
+    def history(
+        self, key: Hashable, model: str | None, messages: Sequence[Message], cap: int | None = None
+    ) -> list[int]:
         """Per-message counts of a conversation's history, remembered between turns: a turn counts only what it
         added.  The memo is trusted only while its last counted message is still the same object at the same
-        place (a reload from the database, a rewind or an edit elsewhere starts the count over)."""
+        place (a reload from the database, a rewind or an edit elsewhere starts the count over).  Safe to call
+        from a worker thread (``ContextPlanner`` counts large requests off the event loop)."""
         counts: list[int] = []
-        memo = self._memo.get(key)
+        with self._lock:
+            memo = self._memo.get(key)
         if memo is not None:
             known, last = memo
             if len(known) <= len(messages) and (not known or messages[len(known) - 1] is last):
-                counts = known
-        counts.extend(self.message(model, m) for m in messages[len(counts) :])
+                counts = list(known)
+        counts.extend(self.message(model, m, cap) for m in messages[len(counts) :])
         if messages:
-            self._memo[key] = (counts, messages[-1])
-            self._memo.move_to_end(key)
-            if len(self._memo) > MEMO_CONVERSATIONS:
-                self._memo.popitem(last=False)
+            with self._lock:
+                self._memo[key] = (counts, messages[-1])
+                self._memo.move_to_end(key)
+                if len(self._memo) > MEMO_CONVERSATIONS:
+                    self._memo.popitem(last=False)
         return counts
 
 

@@ -24,7 +24,7 @@ from gateway.conversations import parse_metadata
 from gateway.errors import InvalidRequest
 from gateway.history import split_system
 from gateway.keys import TENANT_PATTERN
-from gateway.protocol import dumps, loads, validate_conversation_id, validate_messages
+from gateway.protocol import dumps, parse_json_body, validate_conversation_id, validate_messages
 
 FORMATS = ("jsonl", "openai")
 _OWNER = re.compile(rf"[0-9a-f]{{64}}|{TENANT_OWNER_PREFIX}{TENANT_PATTERN.pattern}|")
@@ -88,7 +88,7 @@ def parse_import(
         if not line.strip():
             continue
         try:
-            record = loads(line)
+            record = parse_json_body(line)
             kind = record.get("object") if isinstance(record, dict) else None
             if kind == "conversation.message":
                 if current is None:

@@ -32,10 +32,13 @@ class Turn:
     usage: dict[str, Any] | None
     window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
     replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
+    existed: bool = False  # planned against a stored conversation: if that is gone by the commit, record nothing
 
 
+# The first row is the conversation's (seq -1): its system prompt, window, summary and history size.
 LOAD = """
-SELECT -1 AS seq, system_json, window_start, summary_json, NULL FROM conversations WHERE owner = ? AND external_id = ?
+SELECT -1 AS seq, system_json, window_start, summary_json, history_bytes FROM conversations
+ WHERE owner = ? AND external_id = ?
 UNION ALL
 SELECT m.seq, m.body, NULL, NULL, m.usage_json FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
  WHERE c.owner = ? AND c.external_id = ?
@@ -44,9 +47,11 @@ ORDER BY seq
 
 RECORD_TURN = """
 INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
-                         prompt_tokens, completion_tokens, cached_tokens)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         prompt_tokens, completion_tokens, cached_tokens, existed)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+# What the turn trigger raises for a turn whose conversation was deleted while it was in flight (migration m006).
+CONVERSATION_DELETED = "conversation_deleted"
 SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
 
 
@@ -61,9 +66,9 @@ def _token_sum(path: str) -> str:
 # or replaced turn); :at is the new activity time, or NULL to keep it.
 RECOUNT = f"""
 UPDATE conversations SET
-    (message_count, prompt_tokens, completion_tokens, cached_tokens) = (
+    (message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes) = (
         SELECT count(*), {_token_sum("$.prompt_tokens")}, {_token_sum("$.completion_tokens")},
-               {_token_sum("$.prompt_tokens_details.cached_tokens")}
+               {_token_sum("$.prompt_tokens_details.cached_tokens")}, coalesce(sum(length(body)), 0)
           FROM messages WHERE conversation_id = conversations.id),
     updated_at = coalesce(:at, updated_at)
  WHERE owner = :owner AND external_id = :id
@@ -87,11 +92,14 @@ def cut_statements(owner: str, external_id: str, seq: int, at: float | None) -> 
     return [(_CUT_MESSAGES, params), (_RESET_WINDOW, params), (RECOUNT, params)]
 
 
+HISTORY_BYTES = "SELECT history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
+
+
 def memory_from_rows(rows: list[Any]) -> Memory:
     """Memory from ``LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
     if not rows:
         return Memory(exists=False, system=None, messages=(), replayed=())
-    _, system_json, window_start, summary_json, _ = rows[0]
+    _, system_json, window_start, summary_json, size = rows[0]
     messages = tuple(loads(row[1]) for row in rows[1:])
     last_usage = rows[-1][4] if len(rows) > 1 else None
     return Memory(
@@ -102,6 +110,7 @@ def memory_from_rows(rows: list[Any]) -> Memory:
         window_start=window_start,
         summary=loads(summary_json) if summary_json else None,
         last_usage=loads(last_usage) if last_usage else None,
+        size=size,
     )
 
 
@@ -120,7 +129,13 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         _count(usage.get("prompt_tokens")),
         _count(usage.get("completion_tokens")),
         _count(cached_tokens(usage)),
+        int(turn.existed),
     )
+
+
+def turn_size(params: tuple[Any, ...]) -> int:
+    """About what a turn adds to the stored JSON (its bodies as one JSON array: a little more, for the quoting)."""
+    return len(params[5])
 
 
 def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]]:

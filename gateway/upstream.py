@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,8 +24,10 @@ from gateway.errors import UpstreamAuthFailed, UpstreamInvalidResponse, Upstream
 from gateway.logconfig import note
 from gateway.metrics import Metrics
 from gateway.native import native_request, openai_chunk, openai_completion, openai_error
+from gateway.pool import PoolSlots
 from gateway.protocol import dumps, loads
 from gateway.retries import RETRYABLE_STATUSES, RetryPolicy, permanent
+from gateway.secrets import NO_SECRETS, Scrubber, content_codings, decode_body, scrubber_for, stream_decoder
 from gateway.streaming import SseParser
 
 log = structlog.get_logger("gateway")
@@ -66,31 +69,51 @@ class UpstreamSettings:
     retry: RetryPolicy
     protocol: str = "compatible"  # or "native": DashScope's own protocol, at native_base_url
     native_base_url: str = ""
+    pool_timeout: float = 30.0  # waiting for one of pool_size connections (gateway.pool)
 
 
 class UpstreamResponse:
-    """An open upstream response: status and headers are known, the body is read or streamed by the caller."""
+    """An open upstream response: status and headers are known, the body is read or streamed by the caller.
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+    Every byte of it comes through ``read`` or ``chunks``, scrubbed of the secrets the gateway holds
+    (``gateway.secrets``): an upstream may quote the key it was sent, and what it says reaches the client and may
+    reach the log.  A secret split across two chunks is found too."""
+
+    _decoder: zlib._Decompress | None = None  # set by ForwardedResponse for a compressed stream it must inspect
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float, scrubber: Scrubber = NO_SECRETS) -> None:
         self._response = response
         self._idle = idle_timeout
+        self._scrubber = scrubber
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", "application/json")
-        self.headers = {
-            name: value
+        self.headers = self._scrubbed_headers(
+            (name, value)
             for name, value in response.headers.items()
             if name.lower() in _PASS_BACK_EXACT or name.lower().startswith(_PASS_BACK_PREFIXES)
-        }
+        )
+
+    def _scrubbed_headers(self, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+        if not self._scrubber:
+            return dict(headers)
+        return {name: self._scrubber.scrub_text(value) for name, value in headers}
 
     @property
     def is_event_stream(self) -> bool:
         return self.content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+    async def prepare(self) -> None:
+        """Run once the headers arrived, before the caller looks at them (``ForwardedResponse`` may change them)."""
 
     def abort(self) -> None:
         """Drop the connection now, so the upstream stops generating (and billing) tokens nobody will read."""
         self._response.close()
 
     async def read(self) -> bytes:
+        raw = await self._read_raw()
+        return self._scrubber.scrub(raw) if self._scrubber else raw
+
+    async def _read_raw(self) -> bytes:
         try:
             async with asyncio.timeout(self._idle):
                 return await self._response.read()
@@ -100,38 +123,87 @@ class UpstreamResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; a cut or stalled stream raises a ``GatewayError``."""
         content = self._response.content
+        # One generator for every case (no secrets, secrets, a compressed stream): a nested one would cost each
+        # chunk of every stream another round of generator calls.
+        scrubbing = self._scrubber.stream() if self._scrubber else None
+        decoder = self._decoder
         while True:
             try:
                 async with asyncio.timeout(self._idle):
                     data = await content.readany()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise _translate(exc) from exc
-            if not data:
+            end = not data
+            if decoder is not None:
+                try:
+                    data = decoder.flush() if end else decoder.decompress(data)
+                except zlib.error as exc:
+                    raise _undecodable() from exc
+            if scrubbing is not None:
+                data = scrubbing.feed(data) + scrubbing.flush() if end else scrubbing.feed(data)
+            if data:
+                yield data
+            if end:
                 return
-            yield data
 
 
 class ForwardedResponse(UpstreamResponse):
     """A pass-through response: every end-to-end header goes back, and the body as it came (not decompressed,
-    so ``Content-Encoding`` and ``Content-Length`` stay true)."""
+    so ``Content-Encoding`` and ``Content-Length`` stay true), scrubbed: a plain body chunk by chunk; an error body
+    (status >= 400) whole, decoded if need be (and sent decoded only if a secret was masked in it); a compressed
+    event stream decoded on the fly.  Either in an encoding other than gzip or deflate gets 502; other compressed
+    bodies (a download, say) go as they came."""
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
-        super().__init__(response, idle_timeout)
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float, scrubber: Scrubber = NO_SECRETS) -> None:
+        super().__init__(response, idle_timeout, scrubber)
         self.content_type = response.headers.get("Content-Type", "application/octet-stream")
         # CORS is the gateway's to answer (server.cors_origins), whatever the upstream says of it.
-        self.headers = {
-            name: value
+        self.headers = self._scrubbed_headers(
+            (name, value)
             for name, value in _end_to_end(response.headers.items(), _NOT_PASSED_BACK | {"content-type"}).items()
             if not name.lower().startswith("access-control-")
-        }
+        )
+        self._body: bytes | None = None  # an error body, read whole by prepare
+
+    async def prepare(self) -> None:
+        if not self._scrubber:
+            return
+        codings = content_codings(self._response.headers.get("Content-Encoding", ""))
+        if self.status >= 400:
+            raw = await self._read_raw()
+            body = decode_body(raw, codings)
+            if body is None:
+                raise _undecodable()
+            scrubbed = self._scrubber.scrub(body)
+            if scrubbed == body:
+                self._body = raw  # nothing to mask: exactly as it came, compressed or not
+                return
+            self._body = scrubbed
+            self._drop_headers("content-encoding", "content-length")
+            self.headers["Content-Length"] = str(len(scrubbed))
+        elif codings and self.is_event_stream:
+            self._decoder = stream_decoder(codings)
+            if self._decoder is None:
+                raise _undecodable()
+            self._drop_headers("content-encoding", "content-length")
+
+    def _drop_headers(self, *names: str) -> None:
+        self.headers = {name: value for name, value in self.headers.items() if name.lower() not in names}
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._body is None:
+            async for data in super().chunks():
+                yield data
+        elif self._body:
+            yield self._body
 
 
 class NativeUpstreamResponse(UpstreamResponse):
     """A response of DashScope's native endpoint, read and streamed as if it were OpenAI-shaped (the gateway's
     working shape): ``gateway.native`` translates the body, the error body and each SSE event."""
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
-        super().__init__(response, idle_timeout)
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float, scrubber: Scrubber = NO_SECRETS) -> None:
+        super().__init__(response, idle_timeout, scrubber)
         self._parser = SseParser()
 
     async def read(self) -> bytes:
@@ -157,6 +229,12 @@ class NativeUpstreamResponse(UpstreamResponse):
                 yield out
 
 
+def _undecodable() -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse(
+        "The upstream answered in a content encoding the gateway cannot inspect.", code="upstream_invalid_response"
+    )
+
+
 class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics) -> None:
         self._session = session
@@ -168,8 +246,13 @@ class UpstreamClient:
             if self._native
             else f"{settings.base_url}/chat/completions"
         )
-        # Reads are timed by UpstreamResponse (idle_timeout) and headers by _request (first_byte_timeout).
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout)
+        # Reads are timed by UpstreamResponse (idle_timeout) and headers by _request (first_byte_timeout).  The wait
+        # for a pooled connection is PoolSlots' (pool_timeout): aiohttp's own pool never makes a request wait, so
+        # its connect timeout times the name lookup and the connect alone.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout
+        )
+        self._slots = PoolSlots(settings.pool_size, settings.pool_timeout)
 
     @property
     def uses_own_key(self) -> bool:
@@ -269,6 +352,7 @@ class UpstreamClient:
             attempt += 1
 
     async def _request(self, call: _Call) -> aiohttp.ClientResponse:
+        await self._slots.take()  # Overloaded (503 upstream_busy) past pool_timeout: the upstream never saw it
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.first_byte_timeout):
@@ -280,8 +364,12 @@ class UpstreamClient:
                     timeout=self._timeout,
                     auto_decompress=call.decompress,
                 )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _translate(exc) from exc
+        except BaseException as exc:
+            self._slots.give_back()
+            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                raise _translate(exc) from exc
+            raise
+        self._slots.hold_until_released(response)
         self._metrics.upstream.observe(time.perf_counter() - started)
         return response
 
@@ -310,7 +398,14 @@ class _Exchange:
 
     async def __aenter__(self) -> UpstreamResponse:
         self._response = await self._client._send(self._call)
-        return self._call.kind(self._response, self._client._settings.idle_timeout)
+        settings = self._client._settings
+        response = self._call.kind(self._response, settings.idle_timeout, scrubber_for(settings.api_key))
+        try:
+            await response.prepare()
+        except BaseException:  # __aexit__ will not run: close the connection here
+            self._response.close()
+            raise
+        return response
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -2,7 +2,8 @@
 
 Each request takes the next ``Script`` from the queue (or a default reply).  A script can answer with an error
 status, delay or never send headers, stream slowly, cut the connection after N chunks, send an error chunk, leave
-out ``finish_reason`` or ``[DONE]``, and reply with reasoning and tool calls, streamed or not.
+out ``finish_reason`` or ``[DONE]``, send exactly the bytes it is given, and reply with reasoning and tool calls,
+streamed or not.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Script:
     raw_body: bytes | None = None  # sent as-is with status and a JSON content type
     reset: bool = False  # drop the connection before any response
     bad_chunk_after: int | None = None  # stream: send a chunk that is not JSON after this many chunks
+    error_chunk: dict[str, Any] | None = None  # the error object of the error_chunk_after chunk (else "overloaded")
+    raw_stream: list[bytes] | None = None  # stream: these bytes as they are, one write each, chunk_delay apart
 
 
 @dataclass
@@ -252,7 +255,9 @@ class FakeUpstream:
         request_id = f"native-{len(self.requests)}"
         if script.status >= 400:
             error = {"code": "InvalidParameter", "message": "scripted native failure", "request_id": request_id}
-            return web.json_response(error, status=script.status)
+            return web.json_response(script.error_body or error, status=script.status)
+        if script.raw_stream is not None:
+            return await _write_raw(request, script)
         usage = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
         if request.headers.get("X-DashScope-SSE") != "enable":
             message = {"role": "assistant", "content": content}
@@ -274,6 +279,8 @@ class FakeUpstream:
     async def _stream(
         self, request: web.Request, body: dict[str, Any], script: Script, usage: dict[str, Any]
     ) -> web.StreamResponse:
+        if script.raw_stream is not None:
+            return await _write_raw(request, script)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.headers})
         await response.prepare(request)
         chunks = _chunks(body, script, usage)
@@ -288,7 +295,8 @@ class FakeUpstream:
                     await response.write(b"data: {this is not json\n\n")
                     return response
                 if script.error_chunk_after is not None and sent == script.error_chunk_after:
-                    error = {"error": {"message": "model overloaded", "type": "server_error", "code": "overloaded"}}
+                    overloaded = {"message": "model overloaded", "type": "server_error", "code": "overloaded"}
+                    error = {"error": script.error_chunk or overloaded}
                     await response.write(f"data: {json.dumps(error)}\n\n".encode())
                     return response
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -305,6 +313,19 @@ class FakeUpstream:
             self.aborted_event.set()
             raise
         return response
+
+
+async def _write_raw(request: web.Request, script: Script) -> web.StreamResponse:
+    """An event stream of exactly the scripted bytes, each piece its own write (and, given a delay, its own TCP
+    segment): a test controls where chunks part."""
+    assert script.raw_stream is not None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.headers})
+    await response.prepare(request)
+    for piece in script.raw_stream:
+        await response.write(piece)
+        if script.chunk_delay:
+            await asyncio.sleep(script.chunk_delay)
+    return response
 
 
 _TOKENIZER: list[Any] = []

@@ -167,9 +167,17 @@ async def test_the_upstream_gets_the_gateway_key_never_the_clients(
     assert upstream.requests[-1].headers["Authorization"] == f"Bearer {URL_KEY}"
 
 
+@pytest.fixture
+async def auto_with_upstream_key(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
+    gateway = await start_gateway(make_config(tmp_path, upstream.url, upstream__api_key=URL_KEY))
+    yield gateway
+    await gateway.stop()
+
+
 async def test_auto_mode_requires_keys_once_one_exists(
-    gateway: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+    auto_with_upstream_key: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
+    gateway = auto_with_upstream_key
     status, _ = await _call(http, "POST", gateway.url + "/v1/chat/completions", {}, chat_body(user("hi")))
     assert status == 200  # no key exists: open mode
     secret = await _create(gateway, "first")
@@ -224,3 +232,98 @@ async def test_open_mode_on_a_public_address_starts_when_allowed_or_keyed(tmp_pa
     assert created.status == 0 and created.out.startswith("gw-")
     keyed = await spawn_gateway(tmp_path, "--db", db, "--host", "0.0.0.0", env={"DASHSCOPE_API_KEY": URL_KEY})
     processes.append(keyed)
+
+
+# Keys mode needs an upstream key: the gateway's own, or each client's in auth.upstream_key_header.
+
+CLIENT_UPSTREAM_KEY = "sk-client-own-3f9a1c"
+NATIVE_PATH = "/api/v1/services/aigc/text-generation/generation"
+
+
+async def test_keys_mode_without_an_upstream_key_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "keys.toml"
+    config.write_text('[auth]\nmode = "keys"\n')
+    result = await run_cli("serve", "--config", str(config), "--db", str(tmp_path / "g.db"), "--port", "0")
+    assert result.status == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gateway: error: upstream.api_key: keys mode")
+    assert "auth.upstream_key_header" in lines[0] and "Traceback" not in result.err
+
+
+async def test_auto_mode_with_a_key_and_no_upstream_key_refuses_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.touch()
+    db = str(tmp_path / "g.db")
+    created = await run_cli("keys", "create", "--tenant", "t", "--config", str(empty), "--db", db)
+    assert created.status == 0
+    result = await run_cli("serve", "--config", str(empty), "--db", db, "--port", "0")
+    assert result.status == 2 and "gateway: error: upstream.api_key:" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+
+
+@pytest.fixture
+async def header_keyed(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[tuple[Gateway, str]]:
+    """Keys mode without an upstream key: each client brings its own in X-Upstream-Key."""
+    config = make_config(tmp_path, upstream.url, auth__mode="keys", auth__upstream_key_header="X-Upstream-Key")
+    gateway = await start_gateway(config)
+    yield gateway, await _create(gateway, "byok")
+    await gateway.stop()
+
+
+async def test_the_upstream_key_header_goes_upstream_as_authorization_on_chat_native_and_pass_through(
+    header_keyed: tuple[Gateway, str], upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    gateway, secret = header_keyed
+    headers = {**_auth(secret), "X-Upstream-Key": CLIENT_UPSTREAM_KEY, "X-Conversation-Id": "byok"}
+    status, _ = await _call(http, "POST", gateway.url + "/v1/chat/completions", headers, chat_body(user("hi")))
+    assert status == 200
+    native = {"model": "qwen-plus", "input": {"messages": [user("again")]}}
+    status, _ = await _call(http, "POST", gateway.url + NATIVE_PATH, headers, native)
+    assert status == 200
+    status, _ = await _call(http, "GET", gateway.url + "/v1/models", headers)
+    assert status == 200
+    sent = [r.headers for r in upstream.requests] + [upstream.others[-1].headers]
+    assert [h["Authorization"] for h in sent] == [f"Bearer {CLIENT_UPSTREAM_KEY}"] * 3
+    for seen in sent:
+        assert "X-Upstream-Key" not in seen and secret not in str(seen)
+    assert CLIENT_UPSTREAM_KEY not in str(gateway.rows("SELECT * FROM conversations"))
+
+
+async def test_a_request_without_the_upstream_key_header_gets_401_before_anything_goes_upstream(
+    header_keyed: tuple[Gateway, str], upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    gateway, secret = header_keyed
+    native = {"model": "qwen-plus", "input": {"messages": [user("hi")]}}
+    for method, path, body in (
+        ("POST", "/v1/chat/completions", chat_body(user("hi"))),
+        ("POST", NATIVE_PATH, native),
+        ("GET", "/v1/models", None),
+    ):
+        async with http.request(method, gateway.url + path, headers=_auth(secret), json=body) as resp:
+            assert resp.status == 401, path
+            answer = await resp.json()
+            text = answer.get("message") or answer["error"]["message"]  # the native shape, or OpenAI's
+            assert "X-Upstream-Key" in text
+    assert upstream.requests == [] and upstream.others == []
+
+
+async def test_a_gateway_key_in_the_upstream_key_header_is_refused_not_forwarded(
+    header_keyed: tuple[Gateway, str], upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    gateway, secret = header_keyed
+    headers = {**_auth(secret), "X-Upstream-Key": secret}
+    status, answer = await _call(http, "POST", gateway.url + "/v1/chat/completions", headers, chat_body(user("hi")))
+    assert (status, answer["error"]["code"]) == (401, "invalid_upstream_key")
+    assert upstream.requests == [] and secret not in str(answer)
+
+
+async def test_a_first_key_created_while_running_without_an_upstream_key_is_refused_naming_the_settings(
+    gateway: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    secret = await _create(gateway, "late")  # auto mode switches to keys mode now, with no upstream key
+    for method, path, body in (("POST", "/v1/chat/completions", chat_body(user("hi"))), ("GET", "/v1/models", None)):
+        status, answer = await _call(http, method, gateway.url + path, _auth(secret), body)
+        assert (status, answer["error"]["code"]) == (500, "upstream_key_not_configured"), path
+        assert "upstream.api_key" in answer["error"]["message"]
+        assert "auth.upstream_key_header" in answer["error"]["message"]
+    assert upstream.requests == [] and upstream.others == []

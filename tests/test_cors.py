@@ -23,7 +23,9 @@ PREFLIGHT = {
 
 @pytest.fixture
 async def cors_gateway(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
-    config = make_config(tmp_path, upstream.url, server__cors_origins=[APP], auth__mode="keys")
+    config = make_config(
+        tmp_path, upstream.url, server__cors_origins=[APP], auth__mode="keys", upstream__api_key="sk-cors-upstream"
+    )
     gateway = await start_gateway(config)
     yield gateway
     await gateway.stop()

@@ -22,7 +22,11 @@ async def _limited_gateway(tmp_path: Path, upstream: FakeUpstream, toml: str = "
 @pytest.fixture
 async def rpm_gateway(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
     gw = await _limited_gateway(
-        tmp_path, upstream, "[tenants.small]\nrequests_per_minute = 2\n", limits__requests_per_minute=5
+        tmp_path,
+        upstream,
+        "[tenants.small]\nrequests_per_minute = 2\n",
+        limits__requests_per_minute=5,
+        upstream__api_key="sk-limits-upstream",  # keys are created while it runs: keys mode needs the upstream key
     )
     yield gw
     await gw.stop()

@@ -105,7 +105,9 @@ async def test_errors_come_back_in_the_native_shape(
 
 @pytest.fixture
 async def keyed(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
-    gateway = await start_gateway(make_config(tmp_path, upstream.url, auth__mode="keys"))
+    gateway = await start_gateway(
+        make_config(tmp_path, upstream.url, auth__mode="keys", upstream__api_key="sk-native-upstream")
+    )
     yield gateway
     await gateway.stop()
 

@@ -102,3 +102,37 @@ def test_tracebacks_are_logged_without_local_variables() -> None:
     finally:
         configure_logging("info", "console")
     assert "boom" in out.getvalue() and UPSTREAM_KEY not in out.getvalue()
+
+
+CLIENT_UPSTREAM_KEY = "sk-SENTINEL-CLIENT-OWN-71d0aa"
+
+
+async def test_a_clients_own_upstream_key_in_the_upstream_key_header_is_never_logged_or_stored(
+    tmp_path: Path, upstream: FakeUpstream, processes: list[GatewayProcess]
+) -> None:
+    db = tmp_path / "byok.db"
+    config = tmp_path / "byok.toml"
+    config.write_text('[auth]\nmode = "keys"\nupstream_key_header = "X-Upstream-Key"\n[log]\nlevel = "debug"\n')
+    created = await run_cli("keys", "create", "--tenant", "byok", "--config", str(config), "--db", str(db))
+    key = created.out.strip()
+    gp = await spawn_gateway(tmp_path, "--config", str(config), "--db", str(db), "--upstream-base-url", upstream.url)
+    processes.append(gp)
+    headers = {"Authorization": f"Bearer {key}", "X-Upstream-Key": CLIENT_UPSTREAM_KEY, "X-Conversation-Id": "own"}
+    native = {"model": "qwen-plus", "input": {"messages": [user(TEXT)]}}
+    async with aiohttp.ClientSession() as http:
+        for path, body in (
+            ("/v1/chat/completions", chat_body(user(TEXT))),
+            ("/v1/chat/completions", chat_body(user(TEXT), stream=True)),
+            ("/api/v1/services/aigc/text-generation/generation", native),
+            ("/v1/embeddings", {"model": "text-embedding-v4", "input": TEXT}),
+        ):
+            async with http.post(gp.url + path, headers=headers, json=body) as resp:
+                assert resp.status == 200, await resp.text()
+    assert {r.headers["Authorization"] for r in upstream.requests} == {f"Bearer {CLIENT_UPSTREAM_KEY}"}
+    gp.proc.terminate()
+    gp.proc.wait(10)
+    logs = gp.log_path.read_text()
+    assert '"event":"request"' in logs
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("byok.db*"))
+    assert TEXT.encode() in stored
+    assert CLIENT_UPSTREAM_KEY not in logs and CLIENT_UPSTREAM_KEY.encode() not in stored
