@@ -36,6 +36,7 @@ from gateway.context import ContextPlanner
 from gateway.conversations import ConversationsService
 from gateway.cors import CorsPolicy
 from gateway.heap import HeapTrimmer
+from gateway.idempotency import Replies
 from gateway.keys import KeyRing, KeyStore
 from gateway.lifecycle import Drain, InFlight
 from gateway.metrics import Metrics
@@ -164,6 +165,7 @@ def _chat_service(
         metrics=app[METRICS],
         drain=app[DRAIN],
         max_history_bytes=config.max_history_bytes,
+        replies=Replies(store, config.idempotency_seconds),
     )
 
 

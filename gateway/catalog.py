@@ -248,7 +248,7 @@ class ConversationCatalog:
             rows = await tx.fetch(_NTH_LAST_USER_MESSAGE, (conversation.row_id, turns - 1))
             if not rows:
                 return None
-            removed, _, _ = [await tx.execute(sql, params) for sql, params in cut_statements(*key, rows[0][0], at)]
+            removed, *_ = [await tx.execute(sql, params) for sql, params in cut_statements(*key, rows[0][0], at)]
         return removed
 
     async def fork(

@@ -25,6 +25,7 @@ from gateway.errors import (
     UpstreamInvalidResponse,
 )
 from gateway.history import TurnPlan, plan_turn
+from gateway.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
 from gateway.lifecycle import Drain
 from gateway.logconfig import note
 from gateway.metrics import Metrics
@@ -32,7 +33,7 @@ from gateway.ordering import KeyedLocks
 from gateway.protocol import ChatBody, Message, cached_tokens, encode, loads
 from gateway.store import ConversationDeleted, ConversationStore
 from gateway.streaming import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
-from gateway.turns import Turn
+from gateway.turns import IdempotentReply, Turn
 from gateway.upstream import UpstreamClient, UpstreamResponse
 
 log = structlog.get_logger("gateway")
@@ -62,6 +63,7 @@ class ChatRequest:
     owner: str
     authorization: str | None
     headers: Mapping[str, str]
+    idempotency_key: str | None = None  # the Idempotency-Key header, checked (gateway.idempotency)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class _Memory:
     replace_from: int | None  # stored messages from here on give way to this turn (gateway.history, rule 3)
     replaced: int  # how many they are
     existed: bool  # the conversation was stored when the turn began (if it is deleted meanwhile, the delete wins)
+    request: ChatRequest
 
     @property
     def headers(self) -> dict[str, str]:
@@ -103,8 +106,10 @@ class ChatService:
         metrics: Metrics,
         drain: Drain,
         max_history_bytes: int,
+        replies: Replies,
     ) -> None:
         self._store = store
+        self._replies = replies
         self._max_history_bytes = max_history_bytes
         self._upstream = upstream
         self._locks = locks
@@ -120,6 +125,10 @@ class ChatService:
             return
         key = (request.owner, request.conversation_id)
         async with self._locks.hold(key):
+            kept = await self._replies.find(key, request.idempotency_key, request.raw)
+            if kept is not None:
+                await _replay(kept, request, channel)
+                return
             stored = await self._store.load(*key)
             plan = plan_turn(stored.system, stored.messages, request.body.messages)
             replaced = 0
@@ -163,6 +172,7 @@ class ChatService:
                 plan.replace_from,
                 replaced,
                 stored.exists,
+                request,
             )
             await self._exchange(payload, request, channel, memory)
 
@@ -201,7 +211,7 @@ class ChatService:
                     code="upstream_invalid_response",
                 )
             message, usage = completion
-            await self._record(memory, message, usage, interrupted=False)
+            await self._record(memory, message, usage, interrupted=False, body=body)
         elif completion is not None:
             self._note_usage(completion[1])
         headers = {**response.headers, **memory.headers} if memory is not None else response.headers
@@ -241,7 +251,9 @@ class ChatService:
             self._note_usage(assembler.usage)
         else:
             try:
-                await self._record(memory, assembler.message(), assembler.usage, interrupted=False)
+                reply = assembler.message()
+                body = completion_body(reply, assembler.usage, assembler.model, assembler.finish_reason)
+                await self._record(memory, reply, assembler.usage, interrupted=False, body=body)
             except Exception as exc:
                 # Headers are gone already: the client learns of the failure from an error event, not [DONE].
                 log.warning("record_failed", error=type(exc).__name__)
@@ -252,11 +264,20 @@ class ChatService:
         await channel.send(DONE_EVENT)
 
     async def _record(
-        self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
+        self,
+        memory: _Memory,
+        reply: Message,
+        usage: dict[str, Any] | None,
+        *,
+        interrupted: bool,
+        body: bytes | None = None,
     ) -> None:
+        """Store the turn; ``body``: the completion the client got, kept under its Idempotency-Key if it has one."""
         self._note_usage(usage)
+        request = memory.request
+        kept = self._replies.keep(request.idempotency_key, request.raw, body) if body is not None else None
         try:
-            await self._append(memory, reply, usage, interrupted=interrupted)
+            await self._append(memory, reply, usage, interrupted=interrupted, kept=kept)
         except ConversationDeleted:
             # Deleted (by the CLI, another process) while the turn was in flight: the delete wins, the client still
             # gets its reply.
@@ -264,7 +285,13 @@ class ChatService:
             note(recorded=False)
 
     async def _append(
-        self, memory: _Memory, reply: Message, usage: dict[str, Any] | None, *, interrupted: bool
+        self,
+        memory: _Memory,
+        reply: Message,
+        usage: dict[str, Any] | None,
+        *,
+        interrupted: bool,
+        kept: IdempotentReply | None,
     ) -> None:
         await self._store.append_turn(
             Turn(
@@ -279,6 +306,7 @@ class ChatService:
                 window=memory.window,
                 replace_from=memory.replace_from,
                 existed=memory.existed,
+                idempotent=kept,
             ),
             share_commit=len(self._locks) > 1,
         )
@@ -372,6 +400,19 @@ def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | No
         return None
     usage = data.get("usage")
     return message, usage if isinstance(usage, dict) else None
+
+
+async def _replay(kept: bytes, request: ChatRequest, channel: ReplyChannel) -> None:
+    """Answer a repeat of a kept turn (gateway.idempotency) with its reply, as a stream when it asks for one."""
+    note(idempotent_replay=True)
+    headers = {REPLAYED_HEADER: "true"}
+    if not request.body.stream:
+        await channel.respond(200, "application/json", headers, kept)
+        return
+    options = request.body.fields.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    await channel.open_stream(200, "text/event-stream", {**headers, **_STREAM_HEADERS})
+    await channel.send(replay_events(loads(kept), include_usage=include_usage))
 
 
 async def _send_quietly(channel: ReplyChannel, data: bytes) -> None:

@@ -183,6 +183,24 @@ async def m006_history_bytes_and_deleted_conversations(db: aiosqlite.Connection)
     )
 
 
+async def m007_idempotent_replies(db: aiosqlite.Connection) -> None:
+    # The reply of a turn that came with an Idempotency-Key, written in the turn's own transaction, so that a
+    # retry with the key gets it again: the body as the client got it (a stream's as one completion), and a hash
+    # of the request, so that the key cannot be reused for a different request.
+    await db.execute(
+        """
+        CREATE TABLE idempotent_replies (
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            key             TEXT NOT NULL,
+            request_hash    TEXT NOT NULL,
+            created_at      REAL NOT NULL,
+            body            BLOB NOT NULL,
+            PRIMARY KEY (conversation_id, key)
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     m001_conversations_and_messages,
     m002_turn_writes,
@@ -190,6 +208,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m004_gateway_keys,
     m005_context_window,
     m006_history_bytes_and_deleted_conversations,
+    m007_idempotent_replies,
 )
 
 

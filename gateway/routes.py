@@ -11,7 +11,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import __version__
+from gateway import __version__, idempotency
 from gateway.access import tenant_owner
 from gateway.chat import ChatRequest, ChatService, ClientGone
 from gateway.config import Config
@@ -103,9 +103,10 @@ async def answer_chat(
     authorization = _upstream_authorization(request)
     note(conversation_id=conversation_id, model=body.model, stream=body.stream)
     headers = _without_upstream_key(request, forwarded if forwarded is not None else request.headers)
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     try:
         await request.app[CHAT].complete(
-            ChatRequest(body, raw, conversation_id, principal.owner, authorization, headers), channel
+            ChatRequest(body, raw, conversation_id, principal.owner, authorization, headers, key), channel
         )
     except ClientGone:
         pass

@@ -47,6 +47,7 @@ from gateway.migrations import migrate
 from gateway.readiness import FileWatch, StorageFault, WriteWatch, watched_connection
 from gateway.turns import (
     CONVERSATION_DELETED,
+    FIND_REPLY,
     HISTORY_BYTES,
     LOAD,
     Turn,
@@ -288,6 +289,21 @@ class ConversationStore:
 
     def _forget_version_check(self) -> None:
         self._version_checked = False
+
+    async def idempotent_reply(self, owner: str, external_id: str, key: str, since: float) -> tuple[str, bytes] | None:
+        """The (request hash, body) kept under ``key`` for this conversation since ``since``, if any."""
+        params = (owner, external_id, key, since)
+        try:
+            try:
+                row = self._inline.execute(FIND_REPLY, params).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                rows = list(await self._waiting.execute_fetchall(FIND_REPLY, params))
+                row = rows[0] if rows else None
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
+        return (row[0], bytes(row[1])) if row is not None else None
 
     async def append_turn(self, turn: Turn, *, share_commit: bool = False) -> None:
         """Record a turn in one transaction, before the caller tells the client it is complete.

@@ -33,6 +33,7 @@ class Turn:
     window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
     replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
     existed: bool = False  # planned against a stored conversation: if that is gone by the commit, record nothing
+    idempotent: IdempotentReply | None = None  # the reply to keep under the request's Idempotency-Key
 
 
 # The first row is the conversation's (seq -1): its system prompt, window, summary and history size.
@@ -85,11 +86,42 @@ UPDATE conversations SET window_start = 0, summary_json = NULL
 """
 
 
+# Replies recorded under an Idempotency-Key describe turns a cut may remove: a retry after it calls upstream anew.
+_FORGET_REPLIES = """
+DELETE FROM idempotent_replies
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = :owner AND external_id = :id)
+"""
+
+
 def cut_statements(owner: str, external_id: str, seq: int, at: float | None) -> list[tuple[str, dict[str, Any]]]:
     """The statements, for one transaction, that remove a conversation's messages from ``seq`` on (a rewind, or a
     turn that replaces the end of history): the first one's row count is the number removed."""
     params = {"owner": owner, "id": external_id, "seq": seq, "at": at}
-    return [(_CUT_MESSAGES, params), (_RESET_WINDOW, params), (RECOUNT, params)]
+    return [(_CUT_MESSAGES, params), (_RESET_WINDOW, params), (RECOUNT, params), (_FORGET_REPLIES, params)]
+
+
+_RECORD_REPLY = """
+INSERT OR REPLACE INTO idempotent_replies (conversation_id, key, request_hash, created_at, body)
+SELECT id, ?, ?, ?, ? FROM conversations WHERE owner = ? AND external_id = ?
+"""
+_EXPIRE_REPLIES = """
+DELETE FROM idempotent_replies
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = ? AND external_id = ?) AND created_at < ?
+"""
+FIND_REPLY = """
+SELECT r.request_hash, r.body FROM idempotent_replies AS r JOIN conversations AS c ON c.id = r.conversation_id
+ WHERE c.owner = ? AND c.external_id = ? AND r.key = ? AND r.created_at >= ?
+"""
+
+
+@dataclass(frozen=True)
+class IdempotentReply:
+    """A turn's reply as kept under its Idempotency-Key (``gateway.idempotency``)."""
+
+    key: str
+    request_hash: str
+    body: bytes  # a chat completion, as the client got it
+    expires_before: float  # replies of the conversation recorded before this are dropped with the turn
 
 
 HISTORY_BYTES = "SELECT history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
@@ -149,6 +181,11 @@ def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]
         start, summary = turn.window
         summary_json = dumps(summary) if summary is not None else None
         statements.append((SET_WINDOW, (start, summary_json, turn.owner, turn.external_id)))
+    reply = turn.idempotent
+    if reply is not None:
+        key = (turn.owner, turn.external_id)
+        statements.append((_EXPIRE_REPLIES, (*key, reply.expires_before)))
+        statements.append((_RECORD_REPLY, (reply.key, reply.request_hash, params[2], reply.body, *key)))
     return statements
 
 
