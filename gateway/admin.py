@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 from gateway.catalog import ConversationCatalog, ConversationInfo, StoredMessage
 from gateway.config import Config
-from gateway.conversations import ConversationsService, new_conversation_id
+from gateway.conversations import ConversationsService, check_history_size, new_conversation_id
+from gateway.errors import InvalidRequest
 from gateway.keys import KeyStore, valid_tenant
 from gateway.ordering import KeyedLocks
 from gateway.protocol import dumps
@@ -97,12 +98,17 @@ async def delete_conversations(
 
 
 async def import_conversations(
-    catalog: ConversationCatalog, out: TextIO, lines: Iterable[str], *, owner: str | None
+    catalog: ConversationCatalog, out: TextIO, lines: Iterable[str], *, owner: str | None, max_history_bytes: int
 ) -> None:
-    """Import every conversation of an export; each is written whole or not at all, and an id that exists
-    stops the import there."""
+    """Import every conversation of an export; each is written whole or not at all, and an id that exists, or
+    one larger than ``limits.max_history_bytes``, stops the import there.  (No message-count limit: what turns
+    stored over time may hold more messages than one request may.)"""
     for exported in parse_import(lines, owner=owner, now=time.time(), new_id=new_conversation_id):
         info = exported.info
+        try:
+            check_history_size([m.body for m in exported.messages], max_history_bytes)
+        except InvalidRequest as exc:
+            raise CommandFailed(f"conversation {info.external_id!r}: {exc.message}") from None
         if not await catalog.create_conversation(info, exported.messages):
             raise CommandFailed(f"conversation {info.external_id!r} of owner {_owner(info.owner)} exists already")
         print(f"imported {info.external_id} (owner {_owner(info.owner)}, {len(exported.messages)} messages)", file=out)

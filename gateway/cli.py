@@ -157,7 +157,9 @@ def _admin_command(args: dict[str, Any], config: Config) -> Callable[[Conversati
         return lambda store: admin.revoke_key(KeyStore(store), out, args["key_id"])
     if action == "import":
         lines, owner = _read_lines(args["file"]), admin.import_owner(args["owner"])
-        return lambda store: admin.import_conversations(ConversationCatalog(store), out, lines, owner=owner)
+        return lambda store: admin.import_conversations(
+            ConversationCatalog(store), out, lines, owner=owner, max_history_bytes=config.max_history_bytes
+        )
     owner = admin.owner_filter(args["owner"])
     if action == "list":
         return lambda store: admin.list_conversations(ConversationCatalog(store), out, owner=owner, limit=args["limit"])

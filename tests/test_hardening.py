@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from gateway.cache import HistoryCache, Memory
 from gateway.migrations import MIGRATIONS, migrate
+from gateway.store import ConversationStore
 from gateway.tokens import TokenCounter
 from tests.conftest import Gateway, chat_body, make_config, read_sse, run_cli, start_gateway, turn_in_flight, user
 from tests.fake_upstream import FakeUpstream, Script
@@ -238,3 +239,19 @@ async def test_m006_measures_existing_histories(tmp_path: Path) -> None:
         await db.commit()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT history_bytes, message_count FROM conversations").fetchall() == [(68, 2)]
+
+
+async def test_an_import_is_held_to_the_history_limit(tmp_path: Path) -> None:
+    config = tmp_path / "small.toml"
+    config.write_text("[limits]\nmax_history_bytes = 2048\n")
+    db = tmp_path / "import.db"
+    await (await ConversationStore.open(db)).close()  # the CLI's conversations commands want an existing database
+    line = {"model": None, "messages": [user("x" * 3000)], "metadata": {}}  # the openai export format
+    result = await run_cli(
+        "conversations", "import", "--config", str(config), "--db", str(db), "--owner", "none", "-",
+        stdin=json.dumps(line) + "\n",
+    )  # fmt: skip
+    assert result.status != 0 and "limits.max_history_bytes" in result.err
+    assert "Traceback" not in result.err
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM conversations").fetchall() == [(0,)]
