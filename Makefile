@@ -52,6 +52,8 @@ container-test: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.operations
+	$(BIN)/python -m bench.loop_stalls
+	$(BIN)/python -m bench.slowloris
 
 clean:
 	rm -rf $(VENV) $(NODE_CLIENTS)/node_modules *.egg-info .mypy_cache .pytest_cache .ruff_cache

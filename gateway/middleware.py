@@ -73,8 +73,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await _translate_errors(request, handler)
     except asyncio.CancelledError:
-        # 499: the client closed the connection before the response was complete.
-        _canonical_line(request, 499, time.perf_counter() - started)
+        # 499: the client closed the connection before the response was complete.  One whose body never even
+        # arrived (a slow-body attack, shed at the connection cap) is logged at debug level: an attacker that
+        # reconnects as fast as it is shed must not be able to fill the log (it is counted in metrics all the
+        # same, and summarised by client_connections_shed).
+        body_missing = not request.content.is_eof()
+        _canonical_line(request, 499, time.perf_counter() - started, quiet=body_missing)
         raise
     finally:
         in_flight.dec()
@@ -115,8 +119,8 @@ def _preflight(cors: CorsPolicy, request: web.Request) -> web.Response:
     )
 
 
-def _canonical_line(request: web.BaseRequest, status: int, seconds: float) -> None:
-    level = log.debug if request.path in _QUIET_PATHS else log.info
+def _canonical_line(request: web.BaseRequest, status: int, seconds: float, *, quiet: bool = False) -> None:
+    level = log.debug if quiet or request.path in _QUIET_PATHS else log.info
     level("request", **request_fields(), status=status, duration_ms=round(seconds * 1000, 1))
     if isinstance(request, web.Request):  # always, in fact: aiohttp's access-log hook is typed more loosely
         request.app[METRICS].request_done(_route(request), status, seconds)

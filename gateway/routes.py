@@ -129,6 +129,10 @@ async def read_body(request: web.Request) -> bytes:
                 return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body exceeds the {limit}-byte limit.", code="request_too_large") from None
+    except web.RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+        raise InvalidRequest(
+            "The request body could not be read as its Content-Encoding says.", code="invalid_body"
+        ) from None
     except TimeoutError:
         raise RequestTimeout(
             f"The request body did not arrive within {config.body_timeout:g} seconds.", code="request_timeout"

@@ -44,7 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "server.header_timeout_seconds",
         10.0,
-        "Seconds a client has to send a request's headers, from connecting or from the end of its last request.",
+        "Seconds a client has to send a request's headers, from connecting or from the first byte of a next request.",
     ),
     Setting(
         "server.body_timeout_seconds", 60.0, "Seconds a client has to send a whole request body, however it trickles."

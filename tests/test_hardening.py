@@ -255,3 +255,20 @@ async def test_an_import_is_held_to_the_history_limit(tmp_path: Path) -> None:
     assert "Traceback" not in result.err
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM conversations").fetchall() == [(0,)]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/conversations", "/v1/models"])
+async def test_a_body_that_is_not_the_encoding_it_claims_is_a_400(
+    gateway: Gateway, upstream: FakeUpstream, path: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.url + path,
+            data=b"\x1f\x8b this is not gzip",
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json", "X-Conversation-Id": "gz"},
+        ) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "invalid_body"
+    assert upstream.requests == [] and upstream.others == []
