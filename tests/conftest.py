@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +204,14 @@ class GatewayProcess:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-async def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> GatewayProcess:
+async def spawn_gateway(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> GatewayProcess:
+    """``python -m gateway serve`` as a separate process on a free port; ``preexec_fn`` runs in the child before
+    it starts (to lower its resource limits, say)."""
     log_path = tmp_path / f"gateway-{time.monotonic_ns()}.log"
     empty = tmp_path / "empty.toml"
     empty.touch()
@@ -217,6 +224,7 @@ async def spawn_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None =
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=REPO,
+            preexec_fn=preexec_fn,
         )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from bench.slowloris import attack, log_figures, open_descriptors, probe
 from gateway.connections import quiet_accept_errors
-from tests.conftest import REPO, Gateway, GatewayProcess, make_config, start_gateway
+from tests.conftest import REPO, Gateway, GatewayProcess, make_config, spawn_gateway, start_gateway
 from tests.fake_upstream import FakeUpstream, Script
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -226,28 +226,8 @@ def _limit(soft: int, hard: int) -> Callable[[], None]:
 
 
 async def _spawn(tmp_path: Path, soft: int, hard: int, *args: str) -> GatewayProcess:
-    """``python -m gateway serve`` with its open-file limit lowered before it starts (conftest.spawn_gateway
-    has no preexec_fn)."""
-    log_path = tmp_path / f"gateway-{time.monotonic_ns()}.log"
-    empty = tmp_path / "empty.toml"
-    empty.touch()
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(empty), "--port", "0", *args],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            preexec_fn=_limit(soft, hard),
-        )
-    for _ in range(400):
-        for line in log_path.read_text().splitlines():
-            if '"server_started"' in line:
-                return GatewayProcess(proc, log_path, int(json.loads(line)["port"]))
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited early: {log_path.read_text()}")
-        await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"gateway did not start: {log_path.read_text()}")
+    """The gateway as a process with its open-file limit lowered before it starts."""
+    return await spawn_gateway(tmp_path, *args, preexec_fn=_limit(soft, hard))
 
 
 async def test_the_soft_open_file_limit_is_raised_to_the_hard_one_and_logged(
