@@ -1,18 +1,12 @@
 // The official `openai` package as a stateless client: every turn sends only its newest user message, and the
 // X-Conversation-Id header (set once through `defaultHeaders`) lets the gateway supply the history.  Turns 1 and 3
 // are plain requests, turn 2 streams.  Prints {"texts": [reply of each turn]}.
-import OpenAI from 'openai';
 
 import { run } from './cli.mjs';
+import { openaiClient } from './openai_client.mjs';
 
 await run(async ({ baseURL, conversation }) => {
-  const client = new OpenAI({
-    baseURL,
-    apiKey: 'sk-node-openai',
-    defaultHeaders: { 'X-Conversation-Id': conversation },
-    maxRetries: 0,
-    timeout: 10_000,
-  });
+  const client = openaiClient({ baseURL, conversation });
   const texts = [];
 
   const first = await client.chat.completions.create({

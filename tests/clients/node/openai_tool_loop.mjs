@@ -1,9 +1,9 @@
 // The official `openai` package running the function-calling loop of its docs with the whole history resent every
 // request: the assistant message asking for get_weather is pushed back as received, the tool result is appended as
 // a `tool` message, and after the answer one more user turn follows.  Prints {"texts": [final text of each turn]}.
-import OpenAI from 'openai';
 
 import { run } from './cli.mjs';
+import { openaiClient } from './openai_client.mjs';
 
 const tools = [
   {
@@ -25,13 +25,7 @@ function getWeather({ city, unit }) {
 }
 
 await run(async ({ baseURL, conversation }) => {
-  const client = new OpenAI({
-    baseURL,
-    apiKey: 'sk-node-openai',
-    defaultHeaders: { 'X-Conversation-Id': conversation },
-    maxRetries: 0,
-    timeout: 10_000,
-  });
+  const client = openaiClient({ baseURL, conversation });
   const messages = [{ role: 'user', content: 'What is the weather in Hangzhou?' }];
   const texts = [];
 
