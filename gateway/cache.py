@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.history import replay
-from gateway.protocol import Message, dumps
+from gateway.protocol import Message, encode
 
 Key = tuple[str, str]  # (owner, external id)
 
@@ -32,7 +32,7 @@ class Memory:
     window_start: int = 0  # history before this index is left out upstream (gateway.window)
     summary: Message | None = None  # the summary of what is left out, sent in its place
     last_usage: dict[str, Any] | None = None  # the upstream's usage for the last stored reply, when known
-    size: int = 0  # the stored JSON size of ``messages`` (characters), as the store counts it
+    size: int = 0  # the stored JSON size of ``messages`` (UTF-8 bytes), as the store counts it
 
     def truncated(self, length: int) -> Memory:
         """This memory with only its first ``length`` messages, as a turn that replaces the rest plans from it
@@ -47,7 +47,7 @@ class Memory:
             window_start=self.window_start if window_kept else 0,
             summary=self.summary if window_kept else None,
             last_usage=None,  # it measured a request this turn no longer continues
-            size=max(0, self.size - sum(len(dumps(m)) for m in self.messages[length:])),
+            size=max(0, self.size - sum(len(encode(m)) for m in self.messages[length:])),
         )
 
 

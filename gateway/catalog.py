@@ -108,7 +108,8 @@ VALUES ((SELECT id FROM conversations WHERE owner = ? AND external_id = ?), ?, ?
 # A created or imported conversation keeps the token totals it came with; its size is what it holds.
 _COUNT_CREATED = """
 UPDATE conversations SET message_count = ?,
-       history_bytes = (SELECT coalesce(sum(length(body)), 0) FROM messages WHERE conversation_id = conversations.id)
+       history_bytes = (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) FROM messages
+                        WHERE conversation_id = conversations.id)
  WHERE owner = ? AND external_id = ?
 """
 _FORK_CONVERSATION = """

@@ -18,7 +18,7 @@ from gateway.catalog import ConversationCatalog, ConversationInfo, NewMessage, S
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.history import split_system
 from gateway.ordering import KeyedLocks
-from gateway.protocol import Message, dumps, validate_conversation_id, validate_messages
+from gateway.protocol import Message, encode, validate_conversation_id, validate_messages
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -67,7 +67,7 @@ def parse_metadata(value: Any) -> dict[str, str]:
 def check_history_size(messages: Sequence[Message], max_bytes: int) -> None:
     """``InvalidRequest`` (conversation_too_large) when ``messages`` are more than a conversation may hold
     (``limits.max_history_bytes``), as chat turns are refused past it."""
-    size = sum(len(dumps(m)) for m in messages)
+    size = sum(len(encode(m)) for m in messages)
     if size > max_bytes:
         raise InvalidRequest(
             f"The messages hold {size} bytes of JSON, more than a conversation may ({max_bytes}, "

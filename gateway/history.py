@@ -89,7 +89,8 @@ def match_history(history: Sequence[Message], incoming: Sequence[Message], *, of
         return Match(0)
     prints = [fingerprint(m) for m in incoming]
     overlap = _tail_overlap(history, prints)
-    if overlap or not any(m.get("role") == "assistant" for m in incoming):
+    # A prefix to continue (DashScope's partial mode: an assistant message with "partial": true) is not a reply.
+    if overlap or not any(m.get("role") == "assistant" and not m.get("partial") for m in incoming):
         return Match(overlap)
     stored = [fingerprint(m) for m in history]
     alignment = _align(stored, prints)
@@ -176,19 +177,26 @@ def fingerprint(message: Message) -> Fingerprint:
     call_prints = tuple(_call_print(c) for c in calls if isinstance(c, dict)) if isinstance(calls, list) else ()
     legacy = message.get("function_call")
     return (
-        role,
+        _scalar(role),
         _content_print(message.get("content"), json_text=role == "tool"),
-        message.get("name") or None,
-        message.get("tool_call_id") or None,
+        _scalar(message.get("name")),
+        _scalar(message.get("tool_call_id")),
         call_prints,
         _call_print({"function": legacy}) if isinstance(legacy, dict) else None,
     )
 
 
+def _scalar(value: Any) -> str | None:
+    """A field meant to be a string, as something hashable whatever a client put there ('' and null alike)."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else _canonical_json(value, fallback=repr(value))
+
+
 def _call_print(call: dict[str, Any]) -> tuple[Any, ...]:
     function = call.get("function")
     function = function if isinstance(function, dict) else {}
-    return (call.get("id") or None, function.get("name"), _arguments_print(function.get("arguments")))
+    return (_scalar(call.get("id")), _scalar(function.get("name")), _arguments_print(function.get("arguments")))
 
 
 def _arguments_print(arguments: Any) -> str:

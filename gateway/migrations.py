@@ -126,13 +126,13 @@ async def m005_context_window(db: aiosqlite.Connection) -> None:
 
 
 async def m006_history_bytes_and_deleted_conversations(db: aiosqlite.Connection) -> None:
-    # history_bytes: the stored history's JSON size (characters), kept with each write, so a turn knows how large
+    # history_bytes: the stored history's JSON size (UTF-8 bytes), kept with each write, so a turn knows how large
     # a conversation is before reading it (large ones are read off the event loop; limits.max_history_bytes).
     await db.execute("ALTER TABLE conversations ADD COLUMN history_bytes INTEGER NOT NULL DEFAULT 0")
     await db.execute(
         """
         UPDATE conversations SET history_bytes =
-            (SELECT coalesce(sum(length(body)), 0) FROM messages WHERE conversation_id = conversations.id)
+            (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) FROM messages WHERE conversation_id = conversations.id)
         """
     )
     # The turn trigger anew: it adds history_bytes, and a turn planned against an existing conversation (existed
@@ -160,7 +160,7 @@ async def m006_history_bytes_and_deleted_conversations(db: aiosqlite.Connection)
                                        message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes)
             VALUES (NEW.owner, NEW.external_id, NEW.at, NEW.at, NEW.model, NEW.system_json,
                     json_array_length(NEW.bodies_json), NEW.prompt_tokens, NEW.completion_tokens, NEW.cached_tokens,
-                    (SELECT coalesce(sum(length(value)), 0) FROM json_each(NEW.bodies_json)))
+                    (SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM json_each(NEW.bodies_json)))
             ON CONFLICT (owner, external_id) DO UPDATE SET
                 updated_at = excluded.updated_at,
                 model = COALESCE(excluded.model, conversations.model),

@@ -82,7 +82,7 @@ class ConversationDeleted(Exception):
     """A turn's conversation was deleted (by the CLI, say) while the turn was in flight: it was not recorded."""
 
 
-# Histories larger than this (stored JSON characters) are read off the event loop: ~1 ms of reading and parsing
+# Histories larger than this (stored JSON bytes) are read off the event loop: ~1 ms of reading and parsing
 # on it at this size, where a 64 MB history would stall every request for a second.
 INLINE_READ_BYTES = 1 << 20
 # How often the background task folds the WAL back into the database file while there were writes.
@@ -261,7 +261,8 @@ class ConversationStore:
         return memory
 
     async def _load_waiting(self, params: tuple[str, str, str, str]) -> Memory:
-        rows = list(await self._waiting.execute_fetchall(LOAD, params))
+        async with self._write_lock:  # behind any transaction open on this connection, as ``read`` is
+            rows = list(await self._waiting.execute_fetchall(LOAD, params))
         return await asyncio.to_thread(memory_from_rows, rows) if len(rows) > 1 else memory_from_rows(rows)
 
     def _drop_cache_if_written_elsewhere(self) -> None:

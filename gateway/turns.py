@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.cache import Memory
 from gateway.history import replay
-from gateway.protocol import Message, cached_tokens, dumps, loads
+from gateway.protocol import Message, cached_tokens, dumps, encode, loads
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ RECOUNT = f"""
 UPDATE conversations SET
     (message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes) = (
         SELECT count(*), {_token_sum("$.prompt_tokens")}, {_token_sum("$.completion_tokens")},
-               {_token_sum("$.prompt_tokens_details.cached_tokens")}, coalesce(sum(length(body)), 0)
+               {_token_sum("$.prompt_tokens_details.cached_tokens")}, coalesce(sum(length(CAST(body AS BLOB))), 0)
           FROM messages WHERE conversation_id = conversations.id),
     updated_at = coalesce(:at, updated_at)
  WHERE owner = :owner AND external_id = :id
@@ -147,8 +147,11 @@ def memory_from_rows(rows: list[Any]) -> Memory:
 
 
 def turn_params(turn: Turn) -> tuple[Any, ...]:
+    """``RECORD_TURN``'s parameters, and last (not a parameter: ``turn_statements`` leaves it out) the UTF-8 size
+    of the messages the turn stores, as ``history_bytes`` counts them."""
     usage = turn.usage or {}
-    bodies = [dumps(m) for m in (*turn.messages, turn.reply)]
+    encoded = [encode(m) for m in (*turn.messages, turn.reply)]
+    bodies = [body.decode() for body in encoded]
     return (
         turn.owner,
         turn.external_id,
@@ -162,12 +165,13 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         _count(usage.get("completion_tokens")),
         _count(cached_tokens(usage)),
         int(turn.existed),
+        sum(map(len, encoded)),
     )
 
 
 def turn_size(params: tuple[Any, ...]) -> int:
-    """About what a turn adds to the stored JSON (its bodies as one JSON array: a little more, for the quoting)."""
-    return len(params[5])
+    """What a turn adds to the stored history, in UTF-8 bytes of its messages' JSON."""
+    return int(params[-1])
 
 
 def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]]:
@@ -176,7 +180,7 @@ def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]
     statements: list[tuple[str, Any]] = []
     if turn.replace_from is not None:
         statements += cut_statements(turn.owner, turn.external_id, turn.replace_from, None)
-    statements.append((RECORD_TURN, params))
+    statements.append((RECORD_TURN, params[:-1]))
     if turn.window is not None:
         start, summary = turn.window
         summary_json = dumps(summary) if summary is not None else None

@@ -54,7 +54,8 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "api-key", "x-conversation-id"}
+# The body goes upstream as aiohttp's server decoded it, so a client's Content-Encoding would mislabel it.
+_NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "api-key", "x-conversation-id", "content-encoding"}
 _NOT_PASSED_BACK = _HOP_BY_HOP - {"content-length"}
 
 

@@ -147,3 +147,18 @@ def test_plan_turn_carries_the_replacement_and_allows_a_pure_retry() -> None:
     system = [{"role": "system", "content": "S"}]
     plan = plan_turn(system, STORED, [*system, user("q1"), reply("a1"), user("q2")])
     assert (plan.new_messages, plan.resent, plan.replace_from) == ([], 3, 3)
+
+
+def test_fields_of_the_wrong_type_still_compare_and_never_fail() -> None:
+    odd = {"role": "user", "content": "q", "name": ["x"], "tool_call_id": {"a": 1}}
+    assert fingerprint(odd) == fingerprint(dict(odd))
+    hash(fingerprint(odd))
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": 7, "function": {"name": {"a": 1}}}]}
+    hash(fingerprint(call))
+    assert match_history([user("q"), reply("a")], [reply("zz"), odd]) == Match(0)
+
+
+def test_a_partial_assistant_prefix_does_not_make_a_transcript() -> None:
+    # DashScope's partial mode: the model continues the assistant text given; it is not a stored reply resent.
+    prefix = {"role": "assistant", "content": "Sure, the 6.7 inch", "partial": True}
+    assert match_history([user("continue"), reply("X")], [user("continue"), prefix]) == Match(0)

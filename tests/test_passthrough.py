@@ -192,3 +192,14 @@ async def test_one_canonical_line_and_the_route_pattern_in_metrics(
     async with http.get(gateway.url + "/metrics") as resp:
         metrics = await resp.text()
     assert 'gateway_requests_total{route="/v1/{upstream_path}",status="200"} 1.0' in metrics
+
+
+async def test_a_compressed_request_body_goes_upstream_decoded_and_labelled_so(
+    gateway: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = json.dumps({"model": "text-embedding-v4", "input": "hello"}).encode()
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    async with http.post(gateway.url + "/v1/embeddings", data=gzip.compress(body), headers=headers) as resp:
+        assert resp.status == 200
+    assert upstream.others[-1].raw == body
+    assert "Content-Encoding" not in upstream.others[-1].headers
