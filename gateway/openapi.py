@@ -211,6 +211,10 @@ def _paths() -> dict[str, Any]:
                 "schema": {"type": "integer"},
                 "description": "Stored messages left out of this request to fit the model's context window",
             },
+            "Idempotent-Replayed": {
+                "schema": {"type": "string", "enum": ["true"]},
+                "description": "The reply kept under the request's Idempotency-Key, sent again",
+            },
             "X-Conversation-Replaced": {
                 "schema": {"type": "integer"},
                 "description": "A resent transcript that differed inside the last turn (a retry, a regenerate, an "
@@ -237,12 +241,24 @@ def _paths() -> dict[str, Any]:
         "/v1/chat/completions": {
             "post": {
                 "summary": "Chat completion; with X-Conversation-Id, stored history goes along and the turn is stored",
-                "parameters": [{"name": "X-Conversation-Id", "in": "header", "schema": _CONVERSATION_ID}],
+                "parameters": [
+                    {"name": "X-Conversation-Id", "in": "header", "schema": _CONVERSATION_ID},
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                        "description": "With X-Conversation-Id: a repeat of the same request gets the kept reply",
+                    },
+                ],
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatCompletionRequest")}}},
                 "responses": {
                     "200": chat_ok,
                     **_errors(400, 401, 413, 429, 431, 503),
-                    "409": _json(_ref("Error"), "A resent transcript differs from the stored one before its last turn"),
+                    "409": _json(
+                        _ref("Error"),
+                        "A resent transcript differs from the stored one before its last turn, or an Idempotency-Key "
+                        "was used for another request",
+                    ),
                     "default": _json(_ref("Error"), "The upstream's error status, or 502/504 when it failed"),
                 },
             }
