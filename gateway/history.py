@@ -106,13 +106,6 @@ def match_history(history: Sequence[Message], incoming: Sequence[Message], *, of
     raise _mismatch(offset + run, parted, len(history))
 
 
-def resent_prefix_length(history: Sequence[Message], incoming: Sequence[Message]) -> int:
-    """Length of the longest run at the start of ``incoming`` equal to the tail of ``history`` (0 if none)."""
-    if not history or not incoming:
-        return 0
-    return _tail_overlap(history, [fingerprint(m) for m in incoming])
-
-
 def _tail_overlap(history: Sequence[Message], prints: Sequence[Fingerprint]) -> int:
     tail = [fingerprint(history[-1])]  # history from the end, fingerprinted only as far as needed
     for k in range(min(len(history), len(prints)), 0, -1):

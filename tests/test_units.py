@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config
 from gateway.errors import InvalidRequest
-from gateway.history import fingerprint, plan_turn, replay, resent_prefix_length
+from gateway.history import fingerprint, match_history, plan_turn, replay
 from gateway.settings import SETTINGS
 from gateway.streaming import ReplyAssembler, SseParser
 from gateway.tokens import FRAMING_TOKENS, MEDIA_TOKENS, TokenCounter, family
@@ -125,8 +125,8 @@ U1, A1, U2, A2 = (
         ([U1, A1], [{"role": "user", "content": [{"type": "text", "text": "q1"}]}, {**A1, "refusal": None}, U2], 2),
     ],
 )
-def test_resent_prefix_length(history: list, incoming: list, expected: int) -> None:
-    assert resent_prefix_length(history, incoming) == expected
+def test_the_resent_run_is_the_longest_one_matching_the_stored_tail(history: list, incoming: list, expected: int) -> None:
+    assert match_history(history, incoming).resent == expected
 
 
 def test_fingerprint_tells_tool_calls_apart() -> None:
