@@ -125,7 +125,7 @@ U1, A1, U2, A2 = (
         ([U1, A1], [{"role": "user", "content": [{"type": "text", "text": "q1"}]}, {**A1, "refusal": None}, U2], 2),
     ],
 )
-def test_the_resent_run_is_the_longest_one_matching_the_stored_tail(history: list, incoming: list, expected: int) -> None:
+def test_the_resent_run_matches_the_stored_tail(history: list, incoming: list, expected: int) -> None:
     assert match_history(history, incoming).resent == expected
 
 
