@@ -1,7 +1,7 @@
 # Memory gateway image: wheels built in a builder stage, a slim runtime with only what runs, non-root, SQLite on
 # the /data volume. Configuration comes from environment variables (GATEWAY_<SECTION>_<NAME> for any setting,
 # e.g. GATEWAY_AUTH_MODE, plus DASHSCOPE_API_KEY) and an optional config.toml mounted at /app/config.toml.
-FROM python:3.11-slim AS build
+FROM python:3.13-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -9,7 +9,7 @@ COPY gateway ./gateway
 # The project's wheel and every dependency's, so the runtime stage installs offline from /wheels.
 RUN pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.13-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

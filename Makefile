@@ -1,11 +1,15 @@
 # Every target sets up what it needs on first use, so each works on a fresh machine.  `serve` installs only what
 # serving needs; `test` adds the test tools, the client libraries of the client matrix and (when Node is there)
 # the Node clients.
-PYTHON ?= python3
+# Python 3.13 where the machine has one (pyenv's, or the system's), else python3: the gateway runs on 3.11 and
+# later, but from 3.12 aiohttp starts each request's handler in the step that read it, which is what keeps the
+# overload 503s fast under a burst (README, Resilience).  Override with `make PYTHON=... test`.
+PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 /usr/bin/python3.13 /usr/local/bin/python3.13) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
-SERVE_STAMP := $(VENV)/.serve-stamp
+# Named after the interpreter, so a venv of another Python is made anew rather than reused.
+SERVE_STAMP := $(VENV)/.serve-stamp-$(notdir $(PYTHON))
 DEV_STAMP := $(VENV)/.dev-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 NODE_CLIENTS := tests/clients/node
@@ -14,7 +18,7 @@ NODE_STAMP := $(NODE_CLIENTS)/node_modules/.ci-stamp
 .PHONY: serve test lint bench container-test node-clients clean
 
 $(SERVE_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PIP) -e .
 	touch $(SERVE_STAMP)
 

@@ -3,8 +3,8 @@
 Everything specific to this offline set-up lives here, never in the Dockerfile:
 - buildah (rootless-style flags: ``--storage-driver vfs``, ``--isolation chroot``) and debootstrap are installed
   with apt-get when missing;
-- no registry is reachable, so the Dockerfile's base, ``python:3.11-slim``, is replaced by a local stand-in of the
-  same name: a Debian bookworm ``debootstrap --variant=minbase`` root with python3, venv and pip (``python``/``pip``
+- no registry is reachable, so the Dockerfile's base, ``python:3.13-slim``, is replaced by a local stand-in of the
+  same name: a Debian trixie ``debootstrap --variant=minbase`` root with python3, venv and pip (``python``/``pip``
   linked), committed with buildah.  It is kept in buildah's storage and its root under ``CACHE``, so later runs
   skip it;
 - the image is built with ``--pull-never``, this machine's certificate bundle mounted read-only for pip.
@@ -34,7 +34,8 @@ from tests.fake_upstream import FakeUpstream
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/tmp/memory-gateway-ci")
-BASE = "docker.io/library/python:3.11-slim"
+BASE = "docker.io/library/python:3.13-slim"
+SUITE = "trixie"  # Debian 13, whose python3 is 3.13: the same Python as the base it stands in for
 IMAGE = "localhost/memory-gateway:test"
 STORAGE = ["--storage-driver", "vfs"]
 PORT = 18080
@@ -70,18 +71,19 @@ def debian_mirror() -> str:
 def ensure_base() -> None:
     if run("buildah", *STORAGE, "images", "--quiet", BASE, check=False, capture=True).strip():
         return
-    root = CACHE / "rootfs"
+    root = CACHE / f"rootfs-{SUITE}"
     if not (root / "usr/bin/python3").exists():
         step("making the stand-in base image (debootstrap, about a minute)")
         shutil.rmtree(root, ignore_errors=True)
         root.parent.mkdir(parents=True, exist_ok=True)
         packages = "python3,python3-venv,python3-pip,ca-certificates"
-        run("debootstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(root), debian_mirror())
+        run("debootstrap", "--variant=minbase", f"--include={packages}", SUITE, str(root), debian_mirror())
     for name, target in (("python", "python3"), ("pip", "pip3")):
         link = root / "usr/bin" / name
         if not link.exists():
             link.symlink_to(target)
-    (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
+    for marker in root.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+        marker.unlink()
     step("committing the stand-in base image")
     container = run("buildah", *STORAGE, "from", "scratch", capture=True).strip()
     mount = run("buildah", *STORAGE, "mount", container, capture=True).strip()

@@ -40,7 +40,7 @@ def test_readme_quick_start_is_exactly_two_commands() -> None:
 
 def test_dockerfile_promises() -> None:
     text = (REPO / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in text
+    assert "FROM python:3.13-slim" in text
     assert "\nUSER gateway\n" in text
     assert 'VOLUME ["/data"]' in text
     assert "GATEWAY_DB=/data/gateway.db" in text
