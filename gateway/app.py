@@ -20,11 +20,11 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.access import Gatekeeper, Limiter
-from gateway.catalog import ConversationCatalog
-from gateway.chat import ChatService
-from gateway.config import Config, ConfigError
-from gateway.connections import (
+from gateway.core.access import Gatekeeper, Limiter
+from gateway.storage.sqlite.catalog import ConversationCatalog
+from gateway.core.chat import ChatService
+from gateway.settings.config import Config, ConfigError
+from gateway.http.connections import (
     Connections,
     GatewayRunner,
     accept_backlog,
@@ -32,15 +32,15 @@ from gateway.connections import (
     quiet_accept_errors,
     raise_open_file_limit,
 )
-from gateway.context import ContextPlanner
-from gateway.conversations import ConversationsService
-from gateway.cors import CorsPolicy
-from gateway.heap import HeapTrimmer
-from gateway.idempotency import Replies
-from gateway.keys import KeyRing, KeyStore
-from gateway.lifecycle import Drain, InFlight
-from gateway.metrics import Metrics
-from gateway.middleware import (
+from gateway.core.context import ContextPlanner
+from gateway.core.conversations import ConversationsService
+from gateway.http.cors import CorsPolicy
+from gateway.http.heap import HeapTrimmer
+from gateway.core.idempotency import Replies
+from gateway.core.keys import KeyRing, KeyStore
+from gateway.core.lifecycle import Drain, InFlight
+from gateway.observability.metrics import Metrics
+from gateway.http.middleware import (
     CORS,
     DRAIN,
     GATEKEEPER,
@@ -52,16 +52,16 @@ from gateway.middleware import (
     add_response_headers,
     request_context,
 )
-from gateway.native_http import NATIVE_PATH, native_generation
-from gateway.ordering import KeyedLocks
-from gateway.passthrough import PassThrough
-from gateway.retention import purge_periodically
-from gateway.retries import RetryPolicy
-from gateway.routes import CHAT, CONFIG, CONVERSATIONS, IN_FLIGHT, PASS_THROUGH, STORE, add_routes
-from gateway.store import ConversationStore
-from gateway.summaries import Summarizer
-from gateway.tokens import TokenCounter
-from gateway.upstream import UpstreamClient, UpstreamSettings
+from gateway.http.native import NATIVE_PATH, native_generation
+from gateway.core.ordering import KeyedLocks
+from gateway.core.passthrough import PassThrough
+from gateway.core.retention import purge_periodically
+from gateway.upstream.retries import RetryPolicy
+from gateway.http.routes import CHAT, CONFIG, CONVERSATIONS, IN_FLIGHT, PASS_THROUGH, STORE, add_routes
+from gateway.storage.sqlite.store import ConversationStore
+from gateway.core.summaries import Summarizer
+from gateway.core.tokens import TokenCounter
+from gateway.upstream.client import UpstreamClient, UpstreamSettings
 
 log = structlog.get_logger("gateway")
 
@@ -219,10 +219,10 @@ async def start(config: Config) -> tuple[GatewayRunner, int]:
     connections = Connections(connection_limit(config, open_files), config.header_timeout)
     runner = GatewayRunner(
         create_app(config),
-        connections=connections,  # the cap on client connections and the header deadline (gateway.connections)
+        connections=connections,  # the cap on client connections and the header deadline (gateway.http.connections)
         handler_cancellation=True,  # a client that hangs up cancels its handler, which aborts the upstream call
         access_log_class=CanonicalLine,  # the canonical request line, written once the response is sent
-        access_log=logging.getLogger("gateway.access"),  # unused by CanonicalLine; aiohttp needs a logger here
+        access_log=logging.getLogger("gateway.core.access"),  # unused by CanonicalLine; aiohttp needs a logger here
         shutdown_timeout=config.drain_seconds,
         keepalive_timeout=config.keepalive_timeout,  # aiohttp's own default keeps an idle connection for an hour
         # Room above limits.max_header_bytes, so that the access middleware answers an oversized header with a

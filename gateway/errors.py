@@ -85,7 +85,7 @@ class Conflict(GatewayError):
 
 
 class HistoryMismatch(GatewayError):
-    """A resent transcript differs from the stored conversation before its last turn (see gateway.history)."""
+    """A resent transcript differs from the stored conversation before its last turn (see gateway.core.history)."""
 
     status = 409
     type = "invalid_request_error"

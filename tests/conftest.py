@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import start
-from gateway.config import Config, load_config
+from gateway.settings.config import Config, load_config
 from tests.fake_upstream import FakeUpstream, Script
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.keys import KeyStore
-from gateway.routes import STORE
+from gateway.core.keys import KeyStore
+from gateway.http.routes import STORE
 from tests.conftest import Gateway, chat_body, make_config, run_cli, spawn_gateway, start_gateway, user
 from tests.fake_upstream import FakeUpstream
 

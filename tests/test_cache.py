@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cache import HistoryCache, Memory
+from gateway.storage.cache import HistoryCache, Memory
 from gateway.errors import StorageUnavailable
-from gateway.history import replay
-from gateway.store import ConversationStore
-from gateway.turns import Turn
+from gateway.core.history import replay
+from gateway.storage.sqlite.store import ConversationStore
+from gateway.storage.sqlite.turns import Turn
 from tests.conftest import Gateway, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream
 

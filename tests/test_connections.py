@@ -1,4 +1,4 @@
-"""Client connections (gateway.connections, routes.read_body): the header, body and keep-alive deadlines on raw
+"""Client connections (gateway.http.connections, routes.read_body): the header, body and keep-alive deadlines on raw
 sockets, the connection cap's eviction and refusal, the open-file limit at start-up, and a small slowloris against
 the real gateway process limited to 256 open files (bench/slowloris.py is the full-size run)."""
 
@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bench.slowloris import attack, log_figures, open_descriptors, probe
-from gateway.connections import quiet_accept_errors
+from gateway.http.connections import quiet_accept_errors
 from tests.conftest import REPO, Gateway, GatewayProcess, make_config, spawn_gateway, start_gateway
 from tests.fake_upstream import FakeUpstream, Script
 

@@ -134,7 +134,7 @@ async def test_summaries_replace_what_a_cut_leaves_out(
     tmp_path: Path, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await _gateway(tmp_path, upstream, memory__summarize=True, memory__max_turns=4)
-    prompt = gateway.config.summary_prompt
+    prompt = gateway.settings.config.summary_prompt
     upstream.chooser = lambda body: (
         Script(content="The customer wants a phone.") if body["messages"][0]["content"] == prompt else None
     )
@@ -155,7 +155,7 @@ async def test_a_failed_summary_never_fails_the_turn(
     tmp_path: Path, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await _gateway(tmp_path, upstream, memory__summarize=True, memory__max_turns=2)
-    prompt = gateway.config.summary_prompt
+    prompt = gateway.settings.config.summary_prompt
     upstream.chooser = lambda body: Script(status=500) if body["messages"][0]["content"] == prompt else None
     for turn in range(4):
         status, _, _ = await _say(http, gateway, [user(f"turn {turn}")])

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.routes import CONVERSATIONS
+from gateway.http.routes import CONVERSATIONS
 from tests.conftest import Gateway, make_config, start_gateway, turn_in_flight, user
 from tests.fake_upstream import FakeUpstream, Script
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.settings.config import ConfigError, load_config
 from tests.conftest import Gateway, chat_body, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream
 

@@ -16,10 +16,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from gateway.cache import HistoryCache, Memory
-from gateway.migrations import MIGRATIONS, migrate
-from gateway.store import ConversationStore
-from gateway.tokens import TokenCounter
+from gateway.storage.cache import HistoryCache, Memory
+from gateway.storage.sqlite.migrations import MIGRATIONS, migrate
+from gateway.storage.sqlite.store import ConversationStore
+from gateway.core.tokens import TokenCounter
 from tests.conftest import Gateway, chat_body, make_config, read_sse, run_cli, start_gateway, turn_in_flight, user
 from tests.fake_upstream import FakeUpstream, Script
 

@@ -1,4 +1,4 @@
-"""The rules that recognise resent history (gateway.history): messages equal in meaning, not in bytes, and what a
+"""The rules that recognise resent history (gateway.core.history): messages equal in meaning, not in bytes, and what a
 transcript that parts from the stored one does.  Pure functions, no server."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import HistoryMismatch
-from gateway.history import Match, fingerprint, match_history, plan_turn
+from gateway.core.history import Match, fingerprint, match_history, plan_turn
 
 ARGS = '{"city":"杭州", "unit": "celsius", "days": 2.0}'  # as the upstream sent them: irregular spacing, non-ASCII
 

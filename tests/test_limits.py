@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.keys import KeyStore
-from gateway.routes import STORE
+from gateway.core.keys import KeyStore
+from gateway.http.routes import STORE
 from tests.conftest import Gateway, chat_body, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream, Script
 

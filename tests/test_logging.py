@@ -10,7 +10,7 @@ import aiohttp
 import structlog
 from structlog.testing import capture_logs
 
-from gateway.logconfig import configure_logging
+from gateway.observability.logs import configure_logging
 from tests.conftest import Gateway, chat_body, user
 from tests.fake_upstream import FakeUpstream, Script
 

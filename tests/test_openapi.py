@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from gateway import __version__
-from gateway.openapi import document
-from gateway.passthrough import FORWARDED_METHODS
-from gateway.protocol import dumps
+from gateway.http.openapi import document
+from gateway.core.passthrough import FORWARDED_METHODS
+from gateway.protocols.openai_chat import dumps
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fake_upstream import FakeUpstream
 

@@ -1,6 +1,6 @@
 """Overload answers fast and blames no one it should not: the 503 for upstream.max_in_flight goes out before the
 body is read, and a request that waited too long for a free upstream connection (upstream.pool_size) gets a 503
-after upstream.pool_timeout_seconds, never a 504 that blames the upstream (gateway.pool)."""
+after upstream.pool_timeout_seconds, never a 504 that blames the upstream (gateway.upstream.pool)."""
 
 from __future__ import annotations
 

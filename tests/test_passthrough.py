@@ -1,4 +1,4 @@
-"""Every other request under /v1/ and /api/v1/ goes upstream unchanged (gateway.passthrough): method, path,
+"""Every other request under /v1/ and /api/v1/ goes upstream unchanged (gateway.core.passthrough): method, path,
 query, headers, body and streaming, status and body back, under the same credential rules, limits, log line and
 metrics as chat; only the gateway's own routes and OPTIONS stay home."""
 
@@ -16,8 +16,8 @@ import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway.keys import KeyStore
-from gateway.routes import STORE
+from gateway.core.keys import KeyStore
+from gateway.http.routes import STORE
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fake_upstream import MODELS, FakeUpstream
 

@@ -147,7 +147,7 @@ async def test_health_and_readiness(gateway: Gateway, http: aiohttp.ClientSessio
 
 
 async def test_readiness_fails_when_the_database_is_gone(gateway: Gateway, http: aiohttp.ClientSession) -> None:
-    from gateway.routes import STORE
+    from gateway.http.routes import STORE
 
     await gateway.runner.app[STORE].close()
     async with http.get(gateway.url + "/readyz") as resp:

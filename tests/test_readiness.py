@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.store import ConversationStore
+from gateway.storage.sqlite.store import ConversationStore
 from tests.conftest import REPO, Gateway, chat_body, make_config, run_cli, start_gateway, user
 from tests.fake_upstream import FakeUpstream
 

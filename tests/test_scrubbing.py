@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway.secrets import Scrubber
+from gateway.upstream.secrets import Scrubber
 from tests.conftest import Gateway, chat_body, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream, Script
 

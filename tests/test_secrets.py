@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from gateway.logconfig import configure_logging
+from gateway.observability.logs import configure_logging
 from tests.conftest import GatewayProcess, chat_body, run_cli, spawn_gateway, user
 from tests.fake_upstream import FakeUpstream, Script
 

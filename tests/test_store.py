@@ -7,10 +7,10 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
-from gateway.cache import Memory
-from gateway.migrations import MIGRATIONS
-from gateway.store import ConversationStore
-from gateway.turns import Turn
+from gateway.storage.cache import Memory
+from gateway.storage.sqlite.migrations import MIGRATIONS
+from gateway.storage.sqlite.store import ConversationStore
+from gateway.storage.sqlite.turns import Turn
 
 
 def _turn(conversation: str, text: str, owner: str = "o") -> Turn:
@@ -58,7 +58,7 @@ async def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) ->
 
 
 async def test_history_load_uses_indexes_not_scans(tmp_path: Path) -> None:
-    from gateway.turns import LOAD
+    from gateway.storage.sqlite.turns import LOAD
 
     store = await ConversationStore.open(tmp_path / "g.db")
     await store.close()

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.settings.config import ConfigError, load_config
 from gateway.errors import InvalidRequest
-from gateway.history import fingerprint, match_history, plan_turn, replay
-from gateway.settings import SETTINGS
-from gateway.streaming import ReplyAssembler, SseParser
-from gateway.tokens import FRAMING_TOKENS, MEDIA_TOKENS, TokenCounter, family
-from gateway.window import Budget, place_window
+from gateway.core.history import fingerprint, match_history, plan_turn, replay
+from gateway.settings.declared import SETTINGS
+from gateway.protocols.sse import ReplyAssembler, SseParser
+from gateway.core.tokens import FRAMING_TOKENS, MEDIA_TOKENS, TokenCounter, family
+from gateway.core.window import Budget, place_window
 from tests.conftest import REPO
 
 # --- SSE framing ---------------------------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Operator commands over the database file: conversations (list, show, export, import, delete), purge, and
+gateway keys (create, list, revoke).
+
+They open the same SQLite file as the server, which may be running: their writes wait out the server's lock for
+the configured busy timeout, and the server notices them through ``PRAGMA data_version`` and drops what it had
+cached.  They run the same catalog SQL as the conversations API, but across owners: an owner is named by its hash
+or a prefix of it (the log lines show the first 12 characters), a tenant as ``tenant:NAME`` (keys mode), or
+``none`` for clients without a credential, and an id held by several owners must be told apart with ``--owner``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from gateway.storage.sqlite.catalog import ConversationCatalog, ConversationInfo, StoredMessage
+from gateway.settings.config import Config
+from gateway.core.conversations import ConversationsService, check_history_size, new_conversation_id
+from gateway.errors import InvalidRequest
+from gateway.core.keys import KeyStore, valid_tenant
+from gateway.core.ordering import KeyedLocks
+from gateway.protocols.openai_chat import dumps
+from gateway.core.retention import SECONDS_PER_DAY
+from gateway.storage.sqlite.store import ConversationStore
+from gateway.core.transfer import export_lines, parse_import
+
+OWNER_SHOWN = 12  # characters of an owner hash shown in listings, as in the log lines
+NO_OWNER = "none"  # how the CLI names the owner of clients without a credential (hashes never hold an "n")
+
+
+class CommandFailed(Exception):
+    """The command cannot do what was asked; the message says why (exit status 1)."""
+
+
+def owner_filter(value: str | None) -> str | None:
+    """``--owner`` as a catalog owner prefix: absent → '' (every owner), ``none`` → None (the owner '')."""
+    if value is None:
+        return ""
+    if value == NO_OWNER:
+        return None
+    if not value:
+        raise CommandFailed(f"--owner: expected an owner hash or a prefix of it, tenant:NAME, or {NO_OWNER!r}")
+    return value
+
+
+def import_owner(value: str | None) -> str | None:
+    """``--owner`` for an import: the full owner hash, or ``none``; absent keeps each conversation's own."""
+    if value is None or value == NO_OWNER:
+        return "" if value else None
+    return value
+
+
+@asynccontextmanager
+async def open_store(config: Config) -> AsyncIterator[ConversationStore]:
+    store = await ConversationStore.open(
+        config.db_path, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
+    )
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def list_conversations(catalog: ConversationCatalog, out: TextIO, *, owner: str | None, limit: int) -> None:
+    found = await catalog.list_conversations(None, limit=limit, order="desc", cursor=None, owner_prefix=owner)
+    rows = [("OWNER", "ID", "MESSAGES", "UPDATED", "MODEL")]
+    rows += [(_owner(c.owner), c.external_id, str(c.message_count), _time(c.updated_at), c.model or "-") for c in found]
+    _table(out, rows)
+
+
+async def show_conversation(
+    catalog: ConversationCatalog, out: TextIO, conversation_id: str, *, owner: str | None
+) -> None:
+    info = await _one(catalog, conversation_id, owner)
+    for line in transcript(info, await catalog.export_messages(info)):
+        print(line, file=out)
+
+
+async def export_conversation(
+    catalog: ConversationCatalog, out: TextIO, conversation_id: str, *, owner: str | None, fmt: str
+) -> None:
+    info = await _one(catalog, conversation_id, owner)
+    for line in export_lines(info, await catalog.export_messages(info), fmt):
+        print(line, file=out)
+
+
+async def delete_conversations(
+    catalog: ConversationCatalog, out: TextIO, conversation_ids: Sequence[str], *, owner: str | None
+) -> None:
+    targets = [await _one(catalog, conversation_id, owner) for conversation_id in conversation_ids]
+    for info in targets:
+        if await catalog.delete_conversation(info.owner, info.external_id):
+            print(f"deleted {info.external_id} (owner {_owner(info.owner)})", file=out)
+
+
+async def import_conversations(
+    catalog: ConversationCatalog, out: TextIO, lines: Iterable[str], *, owner: str | None, max_history_bytes: int
+) -> None:
+    """Import every conversation of an export; each is written whole or not at all, and an id that exists, or
+    one larger than ``limits.max_history_bytes``, stops the import there.  (No message-count limit: what turns
+    stored over time may hold more messages than one request may.)"""
+    for exported in parse_import(lines, owner=owner, now=time.time(), new_id=new_conversation_id):
+        info = exported.info
+        try:
+            check_history_size([m.body for m in exported.messages], max_history_bytes)
+        except InvalidRequest as exc:
+            raise CommandFailed(f"conversation {info.external_id!r}: {exc.message}") from None
+        if not await catalog.create_conversation(info, exported.messages):
+            raise CommandFailed(f"conversation {info.external_id!r} of owner {_owner(info.owner)} exists already")
+        print(f"imported {info.external_id} (owner {_owner(info.owner)}, {len(exported.messages)} messages)", file=out)
+
+
+async def purge(catalog: ConversationCatalog, out: TextIO, *, idle_days: float) -> None:
+    if idle_days <= 0:
+        print("retention.idle_days is 0: conversations are kept forever, nothing purged", file=out)
+        return
+    purged = await ConversationsService(catalog, KeyedLocks()).purge(idle_days * SECONDS_PER_DAY)
+    print(f"purged {purged} conversation(s) idle for more than {idle_days:g} day(s)", file=out)
+
+
+async def create_key(keys: KeyStore, out: TextIO, *, tenant: str, name: str | None, admin: bool) -> None:
+    if not valid_tenant(tenant):
+        raise CommandFailed(
+            f"--tenant: 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {tenant!r}"
+        )
+    secret, key = await keys.create(tenant, name, admin)
+    print(secret, file=out)
+    role = "admin key" if admin else "key"
+    print(f"{role} {key.id} for tenant {tenant}: shown once, only its hash is stored", file=sys.stderr)
+
+
+async def list_keys(keys: KeyStore, out: TextIO) -> None:
+    rows = [("ID", "TENANT", "NAME", "ADMIN", "CREATED", "REVOKED")]
+    rows += [
+        (
+            k.id,
+            k.tenant,
+            k.name or "-",
+            "yes" if k.admin else "no",
+            _time(k.created_at),
+            _time(k.revoked_at) if k.revoked_at is not None else "-",
+        )
+        for k in await keys.list()
+    ]
+    _table(out, rows)
+
+
+async def revoke_key(keys: KeyStore, out: TextIO, key_id: str) -> None:
+    if not await keys.revoke(key_id):
+        raise CommandFailed(f"no unrevoked key {key_id!r}")
+    print(f"revoked {key_id}", file=out)
+
+
+def transcript(info: ConversationInfo, messages: Sequence[StoredMessage]) -> list[str]:
+    """A conversation as readable lines for a terminal."""
+    usage = f"tokens: {info.prompt_tokens} prompt, {info.completion_tokens} completion, {info.cached_tokens} cached"
+    lines = [
+        f"conversation {info.external_id}  owner {_owner(info.owner)}  model {info.model or '-'}",
+        f"created {_time(info.created_at)}  updated {_time(info.updated_at)}  {info.message_count} messages  {usage}",
+    ]
+    if info.metadata:
+        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in info.metadata.items()))
+    lines.append("")
+    lines += [_line(body) for body in info.system or ()]
+    lines += [_line(m.body, m.interrupted) for m in messages]
+    return lines
+
+
+def _line(body: dict[str, Any], interrupted: bool = False) -> str:
+    label = body["role"] + (f" [{body['tool_call_id']}]" if "tool_call_id" in body else "")
+    label += " (interrupted)" if interrupted else ""
+    parts = [_text(body.get("content"))]
+    for call in body.get("tool_calls") or ():
+        function = call.get("function") or {} if isinstance(call, dict) else {}
+        parts.append(f"-> {function.get('name')}({function.get('arguments', '')})")
+    return f"{label}: " + "\n    ".join(part for part in parts if part)
+
+
+def _text(content: Any) -> str:
+    """Text content as is; list-form parts as their text, other parts (images, audio) as a [type] mark."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", "")) if part.get("type") == "text" else f"[{part.get('type')}]"
+            for part in content
+            if isinstance(part, dict)
+        )
+    return dumps(content)
+
+
+async def _one(catalog: ConversationCatalog, conversation_id: str, owner: str | None) -> ConversationInfo:
+    found = await catalog.find_conversations(conversation_id, owner)
+    if not found:
+        named = "" if owner == "" else f" of owner {owner or NO_OWNER}"
+        raise CommandFailed(f"no conversation {conversation_id!r}{named}")
+    if len(found) > 1:
+        owners = ", ".join(_owner(c.owner) for c in found)
+        raise CommandFailed(f"conversation {conversation_id!r} exists for several owners ({owners}): use --owner")
+    return found[0]
+
+
+def _owner(owner: str) -> str:
+    return owner[:OWNER_SHOWN] or NO_OWNER
+
+
+def _table(out: TextIO, rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]), file=out)
+
+
+def _time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -1,0 +1,422 @@
+"""The chat use case: load memory, merge the request, call upstream, relay the reply, record the turn.
+
+Knows no SQL and no HTTP server types.  The handler hands it a ``ReplyChannel`` to answer through, which lets
+this module decide *when* bytes go out: a turn is committed before a non-streaming body is sent and before a
+stream's ``data: [DONE]`` is relayed, so a reply the client saw complete is always on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from gateway.core.context import ContextPlanner, Window
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamInvalidResponse,
+)
+from gateway.core.history import TurnPlan, plan_turn
+from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
+from gateway.core.lifecycle import Drain
+from gateway.observability.logs import note
+from gateway.observability.metrics import Metrics
+from gateway.core.ordering import KeyedLocks
+from gateway.protocols.openai_chat import ChatBody, Message, cached_tokens, encode, loads
+from gateway.storage.sqlite.store import ConversationDeleted, ConversationStore
+from gateway.protocols.sse import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
+from gateway.storage.sqlite.turns import IdempotentReply, Turn
+from gateway.upstream.client import UpstreamClient, UpstreamResponse
+
+log = structlog.get_logger("gateway")
+_SHUTTING_DOWN = Overloaded("The gateway is shutting down; the reply was cut short.", code="server_shutting_down")
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection; raised by ``ReplyChannel.send``."""
+
+
+class ReplyChannel(Protocol):
+    """How the use case answers; implemented by the HTTP handler."""
+
+    async def respond(self, status: int, content_type: str, headers: Mapping[str, str], body: bytes) -> None: ...
+
+    async def open_stream(self, status: int, content_type: str, headers: Mapping[str, str]) -> None: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    body: ChatBody
+    raw: bytes
+    conversation_id: str | None
+    owner: str
+    authorization: str | None
+    headers: Mapping[str, str]
+    idempotency_key: str | None = None  # the Idempotency-Key header, checked (gateway.core.idempotency)
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """Where and what to record for a turn with memory; None for a transparent pass-through."""
+
+    owner: str
+    conversation_id: str
+    model: str | None
+    system: list[Message] | None
+    new_messages: list[Message]
+    window: tuple[int, Message | None] | None  # a moved cut and its summary, to keep with the turn
+    trimmed: int  # stored messages left out of the upstream request
+    replace_from: int | None  # stored messages from here on give way to this turn (gateway.core.history, rule 3)
+    replaced: int  # how many they are
+    existed: bool  # the conversation was stored when the turn began (if it is deleted meanwhile, the delete wins)
+    request: ChatRequest
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Conversation-Trimmed": str(self.trimmed)}
+        if self.replace_from is not None:
+            headers["X-Conversation-Replaced"] = str(self.replaced)
+        return headers
+
+
+class _StreamFailed(Exception):
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: ConversationStore,
+        upstream: UpstreamClient,
+        locks: KeyedLocks,
+        context: ContextPlanner,
+        *,
+        metrics: Metrics,
+        drain: Drain,
+        max_history_bytes: int,
+        replies: Replies,
+    ) -> None:
+        self._store = store
+        self._replies = replies
+        self._max_history_bytes = max_history_bytes
+        self._upstream = upstream
+        self._locks = locks
+        self._context = context
+        self._metrics = metrics
+        self._drain = drain
+
+    async def complete(self, request: ChatRequest, channel: ReplyChannel) -> None:
+        """Answer one chat request through ``channel`` (admitted by the handler under ``upstream.max_in_flight``
+        before its body was read)."""
+        if request.conversation_id is None:
+            await self._exchange(request.raw, request, channel, None)
+            return
+        key = (request.owner, request.conversation_id)
+        async with self._locks.hold(key):
+            kept = await self._replies.find(key, request.idempotency_key, request.raw)
+            if kept is not None:
+                await _replay(kept, request, channel)
+                return
+            stored = await self._store.load(*key)
+            plan = plan_turn(stored.system, stored.messages, request.body.messages)
+            replaced = 0
+            if plan.replace_from is not None:
+                replaced = len(stored.messages) - plan.replace_from
+                stored = stored.truncated(plan.replace_from)
+            new_bytes = len(encode(plan.new_messages))
+            if stored.size + new_bytes > self._max_history_bytes:
+                raise InvalidRequest(
+                    f"This conversation would grow past its {self._max_history_bytes}-byte limit "
+                    "(limits.max_history_bytes): rewind or fork it, or start a new conversation.",
+                    code="conversation_too_large",
+                    param="messages",
+                )
+            fields = request.body.fields
+            window = self._context.current(stored, plan.new_messages, fields)
+            payload = _payload(fields, plan, window)
+            if not self._context.fits_for_certain(window, payload, stored, new_bytes):
+                window = await self._context.fit(
+                    key,
+                    stored,
+                    window,
+                    plan.prompt,
+                    plan.new_messages,
+                    fields,
+                    payload_bytes=len(payload),
+                    authorization=request.authorization,
+                    headers=request.headers,
+                )
+                payload = _payload(fields, plan, window)
+            note(history_messages=len(stored.messages), resent_messages=plan.resent, trimmed_messages=window.start)
+            if plan.replace_from is not None:
+                note(replaced_messages=replaced)
+            memory = _Memory(
+                *key,
+                request.body.model,
+                plan.system,
+                plan.new_messages,
+                (window.start, window.summary) if window.changed else None,
+                window.start,
+                plan.replace_from,
+                replaced,
+                stored.exists,
+                request,
+            )
+            await self._exchange(payload, request, channel, memory)
+
+    async def _exchange(
+        self, payload: bytes, request: ChatRequest, channel: ReplyChannel, memory: _Memory | None
+    ) -> None:
+        try:
+            await self._call_upstream(payload, request, channel, memory)
+        except UpstreamError as exc:
+            self._metrics.upstream_errors.labels(type(exc).__name__).inc()
+            raise
+
+    async def _call_upstream(
+        self, payload: bytes, request: ChatRequest, channel: ReplyChannel, memory: _Memory | None
+    ) -> None:
+        started = time.perf_counter()
+        async with self._upstream.chat_completions(
+            payload, client_authorization=request.authorization, client_headers=request.headers
+        ) as response:
+            note(upstream_status=response.status, upstream_ms=round((time.perf_counter() - started) * 1000, 1))
+            if response.status >= 400:
+                self._upstream.check_credentials(response.status)
+                raise UpstreamHTTPError(response.status, await response.read(), response.headers)
+            if response.is_event_stream:
+                await self._relay_stream(response, channel, memory)
+            else:
+                await self._relay_body(response, channel, memory)
+
+    async def _relay_body(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        body = await response.read()
+        completion = _parse_completion(body)
+        if memory is not None:
+            if completion is None:
+                raise UpstreamInvalidResponse(
+                    "The upstream answered with something that is not a chat completion.",
+                    code="upstream_invalid_response",
+                )
+            message, usage = completion
+            await self._record(memory, message, usage, interrupted=False, body=body)
+        elif completion is not None:
+            self._note_usage(completion[1])
+        headers = {**response.headers, **memory.headers} if memory is not None else response.headers
+        await channel.respond(response.status, response.content_type, headers, body)
+
+    async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._metrics.open_streams.inc()
+        self._drain.streams.add(task)
+        try:
+            await self._relay_events(response, channel, memory)
+        finally:
+            self._drain.streams.discard(task)
+            self._metrics.open_streams.dec()
+
+    async def _relay_events(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+        headers = {**response.headers, **_STREAM_HEADERS, **(memory.headers if memory is not None else {})}
+        await channel.open_stream(response.status, response.content_type, headers)
+        assembler = ReplyAssembler()
+        try:
+            await _pump(response, channel, assembler)
+        except _StreamFailed as failed:
+            self._metrics.upstream_errors.labels(type(failed.error).__name__).inc()
+            note(stream_error=failed.error.code)
+            await _send_quietly(channel, _error_event(failed.error))
+            return
+        except (ClientGone, asyncio.CancelledError):
+            response.abort()
+            note(interrupted=True)
+            if memory is not None:
+                await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
+            if self._drain.expired:  # cut by shutdown, not by the client: say so rather than just stop
+                await _send_quietly(channel, _error_event(_SHUTTING_DOWN))
+            raise
+        if memory is None:
+            self._note_usage(assembler.usage)
+        else:
+            try:
+                reply = assembler.message()
+                body = completion_body(reply, assembler.usage, assembler.model, assembler.finish_reason)
+                await self._record(memory, reply, assembler.usage, interrupted=False, body=body)
+            except Exception as exc:
+                # Headers are gone already: the client learns of the failure from an error event, not [DONE].
+                log.warning("record_failed", error=type(exc).__name__)
+                error = exc if isinstance(exc, GatewayError) else GatewayError("The turn could not be recorded.")
+                note(stream_error=error.code)
+                await _send_quietly(channel, _error_event(error))
+                return
+        await channel.send(DONE_EVENT)
+
+    async def _record(
+        self,
+        memory: _Memory,
+        reply: Message,
+        usage: dict[str, Any] | None,
+        *,
+        interrupted: bool,
+        body: bytes | None = None,
+    ) -> None:
+        """Store the turn; ``body``: the completion the client got, kept under its Idempotency-Key if it has one."""
+        self._note_usage(usage)
+        request = memory.request
+        kept = self._replies.keep(request.idempotency_key, request.raw, body) if body is not None else None
+        try:
+            await self._append(memory, reply, usage, interrupted=interrupted, kept=kept)
+        except ConversationDeleted:
+            # Deleted (by the CLI, another process) while the turn was in flight: the delete wins, the client still
+            # gets its reply.
+            log.warning("turn_not_recorded", reason="conversation_deleted")
+            note(recorded=False)
+
+    async def _append(
+        self,
+        memory: _Memory,
+        reply: Message,
+        usage: dict[str, Any] | None,
+        *,
+        interrupted: bool,
+        kept: IdempotentReply | None,
+    ) -> None:
+        await self._store.append_turn(
+            Turn(
+                owner=memory.owner,
+                external_id=memory.conversation_id,
+                model=memory.model,
+                system=memory.system,
+                messages=memory.new_messages,
+                reply=reply,
+                interrupted=interrupted,
+                usage=usage,
+                window=memory.window,
+                replace_from=memory.replace_from,
+                existed=memory.existed,
+                idempotent=kept,
+            ),
+            share_commit=len(self._locks) > 1,
+        )
+
+    def _note_usage(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        cached = cached_tokens(usage)
+        note(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cached_tokens=cached,
+        )
+        self._metrics.note_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
+
+
+async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: ReplyAssembler) -> None:
+    """Relay SSE events until ``[DONE]`` (held back for the caller); fold only what the client was sent into
+    ``assembler``.  Any way the stream can end short of a finished reply raises ``_StreamFailed``."""
+    parser = SseParser()
+    done = False
+    try:
+        async for data in response.chunks():
+            out: list[bytes] = []
+            chunks: list[dict[str, Any]] = []
+            for event in parser.feed(data):
+                if event.data is None:
+                    out.append(event.raw)  # keep-alive comments pass through
+                    continue
+                if event.data.strip() == DONE:
+                    done = True
+                    break
+                chunk = _parse_chunk(event.data)
+                out.append(event.raw)
+                chunks.append(chunk)
+            if out:
+                await channel.send(b"".join(out))
+            for chunk in chunks:
+                assembler.add(chunk)
+            if done:
+                break
+    except GatewayError as exc:
+        raise _StreamFailed(exc) from exc
+    if not done or not assembler.finished:
+        raise _StreamFailed(
+            UpstreamInvalidResponse(
+                "The upstream stream ended before the reply was complete.", code="upstream_stream_incomplete"
+            )
+        )
+
+
+def _error_event(error: GatewayError) -> bytes:
+    """An SSE event carrying an error's OpenAI-shaped body, re-serialized onto one line (an upstream's own body
+    may hold newlines, which would end the event early)."""
+    return encode_event(loads(error.body()))
+
+
+def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:
+    """The upstream body: the request's own fields, with messages as system prompt, summary, window, new."""
+    messages = [*plan.prompt, *window.lead, *window.history, *plan.new_messages]
+    return encode({**fields, "messages": messages})
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = loads(data)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise _StreamFailed(
+            UpstreamInvalidResponse("The upstream sent a malformed stream event.", code="upstream_invalid_response")
+        )
+    error = chunk.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        raise _StreamFailed(
+            UpstreamInvalidResponse(f"The upstream failed mid-stream: {message}", code=str(code or "upstream_error"))
+        )
+    return chunk
+
+
+def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | None:
+    """(choice 0's message, usage) of a chat completion body, or None when it is not one."""
+    try:
+        data = loads(body)
+        message = data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return None
+    usage = data.get("usage")
+    return message, usage if isinstance(usage, dict) else None
+
+
+async def _replay(kept: bytes, request: ChatRequest, channel: ReplyChannel) -> None:
+    """Answer a repeat of a kept turn (gateway.core.idempotency) with its reply, as a stream when it asks for one."""
+    note(idempotent_replay=True)
+    headers = {REPLAYED_HEADER: "true"}
+    if not request.body.stream:
+        await channel.respond(200, "application/json", headers, kept)
+        return
+    options = request.body.fields.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    await channel.open_stream(200, "text/event-stream", {**headers, **_STREAM_HEADERS})
+    await channel.send(replay_events(loads(kept), include_usage=include_usage))
+
+
+async def _send_quietly(channel: ReplyChannel, data: bytes) -> None:
+    try:
+        await channel.send(data)
+    except ClientGone:
+        pass

@@ -1,0 +1,305 @@
+"""ConversationCatalog: the SQL for seeing and managing stored conversations (list, read, create, edit, delete).
+
+The storage layer's second half, beside ``store.ConversationStore`` (turns, cache, connections), whose waiting
+connection runs these statements: they are rare and can be large, so they stay off the event loop.  Every change
+is one ``ConversationStore.transaction``.
+
+Token totals on a conversation are the sums of the usage stored with its replies: a turn adds its usage, and a
+rewind or a fork recounts them from the messages that remain or were copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.protocols.openai_chat import Message, dumps, loads
+from gateway.storage.sqlite.store import ConversationStore, Transaction
+from gateway.storage.sqlite.turns import RECOUNT, cut_statements
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    """A conversation's row (``row_id`` is internal, for cursors and joins)."""
+
+    row_id: int
+    owner: str
+    external_id: str
+    created_at: float
+    updated_at: float
+    message_count: int
+    model: str | None
+    metadata: dict[str, str]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    system: list[Message] | None
+    window_start: int = 0  # where the upstream window of the history starts (gateway.core.window)
+    summary: Message | None = None  # the summary of what lies before it
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    row_id: int
+    seq: int
+    body: Message
+    created_at: float
+    interrupted: bool
+    usage: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to insert as it is (an import keeps its time, flag and usage; a create stamps them)."""
+
+    body: Message
+    created_at: float
+    interrupted: bool = False
+    usage: dict[str, Any] | None = None
+
+
+_COLUMNS = """id, owner, external_id, created_at, updated_at, message_count, model, metadata_json,
+       prompt_tokens, completion_tokens, cached_tokens, system_json, window_start, summary_json"""
+
+# Pages of conversations by recent activity; ties (same updated_at) are broken by the row id.  A page starts
+# after the cursor's (updated_at, id), or at the start when :cursor_id is NULL.  Keyed by (scope, order): scope
+# "owner" is one owner's (the API's view, through the owner index), "operator" every owner whose hash starts with
+# :owner_prefix, or with a NULL prefix the owner '' of clients without a credential (the CLI's view).  Statements
+# are composed from constants only.
+_OPERATOR_SCOPE = "(substr(owner, 1, length(:owner_prefix)) = :owner_prefix OR (:owner_prefix IS NULL AND owner = ''))"
+_OWNER_SCOPES = {"owner": "owner = :owner", "operator": _OPERATOR_SCOPE}
+_LIST_CONVERSATIONS = {
+    (scope, order): f"""
+SELECT {_COLUMNS}
+  FROM conversations
+ WHERE {condition} AND (:cursor_id IS NULL OR (updated_at, id) {op} (:cursor_updated, :cursor_id))
+ ORDER BY updated_at {order.upper()}, id {order.upper()} LIMIT :limit
+"""  # noqa: S608
+    for scope, condition in _OWNER_SCOPES.items()
+    for order, op in (("desc", "<"), ("asc", ">"))
+}
+_GET_CONVERSATION = f"SELECT {_COLUMNS} FROM conversations WHERE owner = ? AND external_id = ?"  # noqa: S608
+_FIND_CONVERSATIONS = f"SELECT {_COLUMNS} FROM conversations WHERE external_id = :id AND {_OPERATOR_SCOPE}"  # noqa: S608
+
+# Pages of one conversation's messages in seq order, after the cursor message's seq.
+_LIST_MESSAGES = {
+    order: f"""
+SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
+ WHERE conversation_id = :conversation AND (:cursor_seq IS NULL OR seq {op} :cursor_seq)
+ ORDER BY seq {order.upper()} LIMIT :limit
+"""  # noqa: S608
+    for order, op in (("asc", ">"), ("desc", "<"))
+}
+_SET_METADATA = "UPDATE conversations SET metadata_json = ? WHERE owner = ? AND external_id = ?"
+_DELETE_CONVERSATION = "DELETE FROM conversations WHERE owner = ? AND external_id = ?"  # messages: ON DELETE CASCADE
+_MESSAGE_SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
+
+_CREATE_CONVERSATION = """
+INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json,
+                           message_count, prompt_tokens, completion_tokens, cached_tokens, window_start, summary_json)
+VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)
+ON CONFLICT (owner, external_id) DO NOTHING
+"""
+_INSERT_MESSAGE = """
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
+VALUES ((SELECT id FROM conversations WHERE owner = ? AND external_id = ?), ?, ?, ?, ?, ?, ?)
+"""
+# A created or imported conversation keeps the token totals it came with; its size is what it holds.
+_COUNT_CREATED = """
+UPDATE conversations SET message_count = ?,
+       history_bytes = (SELECT coalesce(sum(length(CAST(body AS BLOB))), 0) FROM messages
+                        WHERE conversation_id = conversations.id)
+ WHERE owner = ? AND external_id = ?
+"""
+_FORK_CONVERSATION = """
+INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json)
+SELECT owner, :new_id, :at, :at, model, system_json, :metadata FROM conversations WHERE id = :source
+ON CONFLICT (owner, external_id) DO NOTHING
+"""
+_FORK_MESSAGES = """
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
+SELECT (SELECT id FROM conversations WHERE owner = :owner AND external_id = :new_id),
+       seq, role, body, created_at, interrupted, usage_json
+  FROM messages WHERE conversation_id = :source AND seq <= :last_seq
+"""
+# The seq of the Nth user message from the end: a rewind of N turns cuts there.
+_NTH_LAST_USER_MESSAGE = """
+SELECT seq FROM messages WHERE conversation_id = ? AND role = 'user' ORDER BY seq DESC LIMIT 1 OFFSET ?
+"""
+_IDLE_CONVERSATIONS = """
+SELECT id, owner, external_id FROM conversations WHERE updated_at < ? AND id > ? ORDER BY id LIMIT ?
+"""
+_DELETE_IDLE = "DELETE FROM conversations WHERE id = ? AND updated_at < ?"
+
+
+class ConversationCatalog:
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    async def get_conversation(self, owner: str, external_id: str) -> ConversationInfo | None:
+        rows = await self._store.read(_GET_CONVERSATION, (owner, external_id))
+        return _conversation(rows[0]) if rows else None
+
+    async def find_conversations(self, external_id: str, owner_prefix: str | None) -> list[ConversationInfo]:
+        """Conversations with this id whose owner starts with ``owner_prefix`` (the CLI names owners by prefix;
+        None names the owner '')."""
+        rows = await self._store.read(_FIND_CONVERSATIONS, {"id": external_id, "owner_prefix": owner_prefix})
+        return [_conversation(row) for row in rows]
+
+    async def list_conversations(
+        self,
+        owner: str | None,
+        *,
+        limit: int,
+        order: str,
+        cursor: ConversationInfo | None,
+        owner_prefix: str | None = "",
+    ) -> list[ConversationInfo]:
+        """A page of ``owner``'s conversations; with ``owner`` None, of the owners ``owner_prefix`` names (see
+        ``find_conversations``)."""
+        scope = "owner" if owner is not None else "operator"
+        params = {
+            "owner": owner,
+            "owner_prefix": owner_prefix,
+            "limit": limit,
+            "cursor_id": cursor.row_id if cursor else None,
+            "cursor_updated": cursor.updated_at if cursor else None,
+        }
+        return [_conversation(row) for row in await self._store.read(_LIST_CONVERSATIONS[scope, order], params)]
+
+    async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:
+        rows = await self._store.read(_MESSAGE_SEQ, (conversation.row_id, message_row_id))
+        return int(rows[0][0]) if rows else None
+
+    async def list_messages(
+        self, conversation: ConversationInfo, *, limit: int, order: str, cursor_seq: int | None
+    ) -> list[StoredMessage]:
+        params = {"conversation": conversation.row_id, "cursor_seq": cursor_seq, "limit": limit}
+        return [
+            StoredMessage(
+                row_id=row[0],
+                seq=row[1],
+                body=loads(row[2]),
+                created_at=row[3],
+                interrupted=bool(row[4]),
+                usage=loads(row[5]) if row[5] else None,
+            )
+            for row in await self._store.read(_LIST_MESSAGES[order], params)
+        ]
+
+    async def create_conversation(self, info: ConversationInfo, messages: Sequence[NewMessage]) -> bool:
+        """Insert a conversation and its messages as given; False (and nothing written) when the id is taken.
+
+        The counters come from ``info`` (an import keeps the totals it exported), the message count from
+        ``messages``."""
+        key = (info.owner, info.external_id)
+        async with self._store.transaction(key) as tx:
+            created = await tx.execute(
+                _CREATE_CONVERSATION,
+                (
+                    *key,
+                    info.created_at,
+                    info.updated_at,
+                    info.model,
+                    dumps(info.system) if info.system is not None else None,
+                    dumps(info.metadata),
+                    info.prompt_tokens,
+                    info.completion_tokens,
+                    info.cached_tokens,
+                    info.window_start,
+                    dumps(info.summary) if info.summary is not None else None,
+                ),
+            )
+            if not created:
+                return False
+            await tx.execute_many(
+                _INSERT_MESSAGE,
+                [
+                    (
+                        *key,
+                        seq,
+                        m.body["role"],
+                        dumps(m.body),
+                        m.created_at,
+                        int(m.interrupted),
+                        dumps(m.usage) if m.usage is not None else None,
+                    )
+                    for seq, m in enumerate(messages)
+                ],
+            )
+            await tx.execute(_COUNT_CREATED, (len(messages), *key))
+        return True
+
+    async def set_metadata(self, owner: str, external_id: str, metadata: dict[str, str]) -> bool:
+        """Replace a conversation's metadata; False when there is no such conversation."""
+        params = (dumps(metadata), owner, external_id)
+        return await self._store.write(_SET_METADATA, params, conversation=(owner, external_id)) > 0
+
+    async def delete_conversation(self, owner: str, external_id: str) -> bool:
+        """Delete a conversation and (by cascade) every message of it; False when there was none."""
+        changed = await self._store.write(_DELETE_CONVERSATION, (owner, external_id), conversation=(owner, external_id))
+        return changed > 0
+
+    async def rewind(self, conversation: ConversationInfo, turns: int, at: float) -> int | None:
+        """Remove the last ``turns`` user messages and everything after each; return how many messages went, or
+        None (nothing changed) when the conversation holds fewer user messages."""
+        key = (conversation.owner, conversation.external_id)
+        async with self._store.transaction(key) as tx:
+            rows = await tx.fetch(_NTH_LAST_USER_MESSAGE, (conversation.row_id, turns - 1))
+            if not rows:
+                return None
+            removed, *_ = [await tx.execute(sql, params) for sql, params in cut_statements(*key, rows[0][0], at)]
+        return removed
+
+    async def fork(
+        self, source: ConversationInfo, new_id: str, *, last_seq: int, metadata: dict[str, str], at: float
+    ) -> bool:
+        """Copy ``source`` up to and including message ``last_seq`` to a new conversation of the same owner;
+        False (and nothing written) when ``new_id`` is taken."""
+        key = (source.owner, new_id)
+        params = {"source": source.row_id, "owner": source.owner, "new_id": new_id, "at": at, "last_seq": last_seq}
+        async with self._store.transaction(key) as tx:
+            if not await tx.execute(_FORK_CONVERSATION, {**params, "metadata": dumps(metadata)}):
+                return False
+            await tx.execute(_FORK_MESSAGES, params)
+            await _recount(tx, key, None)
+        return True
+
+    async def export_messages(self, conversation: ConversationInfo) -> list[StoredMessage]:
+        """Every message of a conversation, in order."""
+        return await self.list_messages(conversation, limit=-1, order="asc", cursor_seq=None)
+
+    async def idle_conversations(self, before: float, after_row: int, limit: int) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` conversations (row id, owner, external id) last active before ``before``, in row order
+        from after row ``after_row``."""
+        rows = await self._store.read(_IDLE_CONVERSATIONS, (before, after_row, limit))
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def delete_idle(self, conversations: Sequence[tuple[int, str, str]], before: float) -> int:
+        """Delete those of ``conversations`` still idle since before ``before``; return how many went."""
+        async with self._store.transaction(*((owner, eid) for _, owner, eid in conversations)) as tx:
+            return sum([await tx.execute(_DELETE_IDLE, (row_id, before)) for row_id, _, _ in conversations])
+
+
+async def _recount(tx: Transaction, key: tuple[str, str], at: float | None) -> None:
+    await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at})
+
+
+def _conversation(row: Any) -> ConversationInfo:
+    return ConversationInfo(
+        row_id=row[0],
+        owner=row[1],
+        external_id=row[2],
+        created_at=row[3],
+        updated_at=row[4],
+        message_count=row[5],
+        model=row[6],
+        metadata=loads(row[7]) if row[7] else {},
+        prompt_tokens=row[8],
+        completion_tokens=row[9],
+        cached_tokens=row[10],
+        system=loads(row[11]) if row[11] else None,
+        window_start=row[12],
+        summary=loads(row[13]) if row[13] else None,
+    )

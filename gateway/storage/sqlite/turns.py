@@ -1,0 +1,197 @@
+"""What a turn writes and what a conversation's rows read back as: the ``Turn`` record, its SQL, and the mapping
+between the two, used by ``store.ConversationStore``.
+
+A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002), so it is stored whole or not at all;
+a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary in the
+same transaction.  Loading reads the conversation row (system prompt, window, summary) and its messages in one
+statement.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.storage.cache import Memory
+from gateway.core.history import replay
+from gateway.protocols.openai_chat import Message, cached_tokens, dumps, encode, loads
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn to record: the request's new messages and the assistant reply, written together."""
+
+    owner: str
+    external_id: str
+    model: str | None
+    system: list[Message] | None  # replaces the stored system prompt when not None
+    messages: list[Message]
+    reply: Message
+    interrupted: bool
+    usage: dict[str, Any] | None
+    window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
+    replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
+    existed: bool = False  # planned against a stored conversation: if that is gone by the commit, record nothing
+    idempotent: IdempotentReply | None = None  # the reply to keep under the request's Idempotency-Key
+
+
+# The first row is the conversation's (seq -1): its system prompt, window, summary and history size.
+LOAD = """
+SELECT -1 AS seq, system_json, window_start, summary_json, history_bytes FROM conversations
+ WHERE owner = ? AND external_id = ?
+UNION ALL
+SELECT m.seq, m.body, NULL, NULL, m.usage_json FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+ WHERE c.owner = ? AND c.external_id = ?
+ORDER BY seq
+"""
+
+RECORD_TURN = """
+INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
+                         prompt_tokens, completion_tokens, cached_tokens, existed)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# What the turn trigger raises for a turn whose conversation was deleted while it was in flight (migration m006).
+CONVERSATION_DELETED = "conversation_deleted"
+SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
+
+
+def _token_sum(path: str) -> str:
+    return (
+        f"coalesce(sum(CASE WHEN json_type(usage_json, '{path}') = 'integer'"
+        f" AND json_extract(usage_json, '{path}') >= 0 THEN json_extract(usage_json, '{path}') END), 0)"
+    )
+
+
+# Message count and token totals recounted from the messages a conversation holds (after a rewind, fork, import
+# or replaced turn); :at is the new activity time, or NULL to keep it.
+RECOUNT = f"""
+UPDATE conversations SET
+    (message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes) = (
+        SELECT count(*), {_token_sum("$.prompt_tokens")}, {_token_sum("$.completion_tokens")},
+               {_token_sum("$.prompt_tokens_details.cached_tokens")}, coalesce(sum(length(CAST(body AS BLOB))), 0)
+          FROM messages WHERE conversation_id = conversations.id),
+    updated_at = coalesce(:at, updated_at)
+ WHERE owner = :owner AND external_id = :id
+"""  # noqa: S608
+_CUT_MESSAGES = """
+DELETE FROM messages
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = :owner AND external_id = :id) AND seq >= :seq
+"""
+# A cut before the upstream window's start (gateway.core.window) leaves its summary describing turns that are gone:
+# send the whole remaining history again, to be cut anew when it no longer fits.
+_RESET_WINDOW = """
+UPDATE conversations SET window_start = 0, summary_json = NULL
+ WHERE owner = :owner AND external_id = :id AND window_start > :seq
+"""
+
+
+# Replies recorded under an Idempotency-Key describe turns a cut may remove: a retry after it calls upstream anew.
+_FORGET_REPLIES = """
+DELETE FROM idempotent_replies
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = :owner AND external_id = :id)
+"""
+
+
+def cut_statements(owner: str, external_id: str, seq: int, at: float | None) -> list[tuple[str, dict[str, Any]]]:
+    """The statements, for one transaction, that remove a conversation's messages from ``seq`` on (a rewind, or a
+    turn that replaces the end of history): the first one's row count is the number removed."""
+    params = {"owner": owner, "id": external_id, "seq": seq, "at": at}
+    return [(_CUT_MESSAGES, params), (_RESET_WINDOW, params), (RECOUNT, params), (_FORGET_REPLIES, params)]
+
+
+_RECORD_REPLY = """
+INSERT OR REPLACE INTO idempotent_replies (conversation_id, key, request_hash, created_at, body)
+SELECT id, ?, ?, ?, ? FROM conversations WHERE owner = ? AND external_id = ?
+"""
+_EXPIRE_REPLIES = """
+DELETE FROM idempotent_replies
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = ? AND external_id = ?) AND created_at < ?
+"""
+FIND_REPLY = """
+SELECT r.request_hash, r.body FROM idempotent_replies AS r JOIN conversations AS c ON c.id = r.conversation_id
+ WHERE c.owner = ? AND c.external_id = ? AND r.key = ? AND r.created_at >= ?
+"""
+
+
+@dataclass(frozen=True)
+class IdempotentReply:
+    """A turn's reply as kept under its Idempotency-Key (``gateway.core.idempotency``)."""
+
+    key: str
+    request_hash: str
+    body: bytes  # a chat completion, as the client got it
+    expires_before: float  # replies of the conversation recorded before this are dropped with the turn
+
+
+HISTORY_BYTES = "SELECT history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
+
+
+def memory_from_rows(rows: list[Any]) -> Memory:
+    """Memory from ``LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
+    if not rows:
+        return Memory(exists=False, system=None, messages=(), replayed=())
+    _, system_json, window_start, summary_json, size = rows[0]
+    messages = tuple(loads(row[1]) for row in rows[1:])
+    last_usage = rows[-1][4] if len(rows) > 1 else None
+    return Memory(
+        exists=True,
+        system=tuple(loads(system_json)) if system_json else None,
+        messages=messages,
+        replayed=tuple(map(replay, messages)),
+        window_start=window_start,
+        summary=loads(summary_json) if summary_json else None,
+        last_usage=loads(last_usage) if last_usage else None,
+        size=size,
+    )
+
+
+def turn_params(turn: Turn) -> tuple[Any, ...]:
+    """``RECORD_TURN``'s parameters, and last (not a parameter: ``turn_statements`` leaves it out) the UTF-8 size
+    of the messages the turn stores, as ``history_bytes`` counts them."""
+    usage = turn.usage or {}
+    encoded = [encode(m) for m in (*turn.messages, turn.reply)]
+    bodies = [body.decode() for body in encoded]
+    return (
+        turn.owner,
+        turn.external_id,
+        time.time(),
+        turn.model,
+        dumps(turn.system) if turn.system is not None else None,
+        dumps(bodies),
+        int(turn.interrupted),
+        dumps(turn.usage) if turn.usage is not None else None,
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(cached_tokens(usage)),
+        int(turn.existed),
+        sum(map(len, encoded)),
+    )
+
+
+def turn_size(params: tuple[Any, ...]) -> int:
+    """What a turn adds to the stored history, in UTF-8 bytes of its messages' JSON."""
+    return int(params[-1])
+
+
+def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]]:
+    """A turn's statements, for one transaction: the cut of what it replaces, its ``RECORD_TURN`` (``params``,
+    from ``turn_params``), and its window when that moved."""
+    statements: list[tuple[str, Any]] = []
+    if turn.replace_from is not None:
+        statements += cut_statements(turn.owner, turn.external_id, turn.replace_from, None)
+    statements.append((RECORD_TURN, params[:-1]))
+    if turn.window is not None:
+        start, summary = turn.window
+        summary_json = dumps(summary) if summary is not None else None
+        statements.append((SET_WINDOW, (start, summary_json, turn.owner, turn.external_id)))
+    reply = turn.idempotent
+    if reply is not None:
+        key = (turn.owner, turn.external_id)
+        statements.append((_EXPIRE_REPLIES, (*key, reply.expires_before)))
+        statements.append((_RECORD_REPLY, (reply.key, reply.request_hash, params[2], reply.body, *key)))
+    return statements
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
