@@ -8,8 +8,9 @@ PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 /u
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
-# Named after the interpreter, so a venv of another Python is made anew rather than reused.
-SERVE_STAMP := $(VENV)/.serve-stamp-$(notdir $(PYTHON))
+# Named after the interpreter, so that a venv of another Python is made anew rather than reused.
+VENV_STAMP := $(VENV)/.made-by-$(notdir $(PYTHON))
+SERVE_STAMP := $(VENV)/.serve-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 NODE_CLIENTS := tests/clients/node
@@ -17,8 +18,12 @@ NODE_STAMP := $(NODE_CLIENTS)/node_modules/.ci-stamp
 
 .PHONY: serve test lint bench container-test node-clients clean
 
-$(SERVE_STAMP): pyproject.toml
-	$(PYTHON) -m venv --clear $(VENV)
+$(VENV_STAMP):
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	touch $(VENV_STAMP)
+
+$(SERVE_STAMP): pyproject.toml $(VENV_STAMP)
 	$(PIP) -e .
 	touch $(SERVE_STAMP)
 
@@ -49,6 +54,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check gateway tests bench examples
 	$(BIN)/ruff format --check gateway tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 container-test: $(DEV_STAMP)
 	$(BIN)/python -m tests.container_check

@@ -14,7 +14,7 @@ process:
 
 Printed: the share of probes answered 200 and their latency, the gateway's log (bytes, lines, the events in it),
 its peak of open file descriptors against the limit, and what the attack saw.  Criterion: >= 95% of probes
-succeed and the log stays under 1 MB.  ``tests/test_connections.py`` runs a small version of it.
+succeed and the log stays under 1 MB.  ``tests/process/test_connections.py`` runs a small version of it.
 """
 
 from __future__ import annotations

@@ -21,9 +21,18 @@ import structlog
 from aiohttp import web
 
 from gateway.core.access import Gatekeeper, Limiter
-from gateway.storage.sqlite.catalog import ConversationCatalog
 from gateway.core.chat import ChatService
-from gateway.settings.config import Config, ConfigError
+from gateway.core.context import ContextPlanner
+from gateway.core.conversations import ConversationsService
+from gateway.core.idempotency import Replies
+from gateway.core.keys import KeyRing
+from gateway.core.lifecycle import Drain, InFlight
+from gateway.core.ordering import KeyedLocks
+from gateway.core.passthrough import PassThrough
+from gateway.core.ports import Storage, TurnStore
+from gateway.core.retention import purge_periodically
+from gateway.core.summaries import Summarizer
+from gateway.core.tokens import TokenCounter
 from gateway.http.connections import (
     Connections,
     GatewayRunner,
@@ -32,36 +41,31 @@ from gateway.http.connections import (
     quiet_accept_errors,
     raise_open_file_limit,
 )
-from gateway.core.context import ContextPlanner
-from gateway.core.conversations import ConversationsService
 from gateway.http.cors import CorsPolicy
 from gateway.http.heap import HeapTrimmer
-from gateway.core.idempotency import Replies
-from gateway.core.keys import KeyRing, KeyStore
-from gateway.core.lifecycle import Drain, InFlight
-from gateway.observability.metrics import Metrics
-from gateway.http.middleware import (
+from gateway.http.middleware import CanonicalLine, add_response_headers, request_context
+from gateway.http.native import NATIVE_PATH, native_generation
+from gateway.http.routes import add_routes
+from gateway.http.state import (
+    CHAT,
+    CONFIG,
+    CONVERSATIONS,
     CORS,
     DRAIN,
     GATEKEEPER,
     HEAP,
+    IN_FLIGHT,
     LIMITER,
     MAX_HEADER_BYTES,
     METRICS,
-    CanonicalLine,
-    add_response_headers,
-    request_context,
+    PASS_THROUGH,
+    STORE,
 )
-from gateway.http.native import NATIVE_PATH, native_generation
-from gateway.core.ordering import KeyedLocks
-from gateway.core.passthrough import PassThrough
-from gateway.core.retention import purge_periodically
-from gateway.upstream.retries import RetryPolicy
-from gateway.http.routes import CHAT, CONFIG, CONVERSATIONS, IN_FLIGHT, PASS_THROUGH, STORE, add_routes
-from gateway.storage.sqlite.store import ConversationStore
-from gateway.core.summaries import Summarizer
-from gateway.core.tokens import TokenCounter
+from gateway.observability.metrics import Metrics
+from gateway.settings.config import Config, ConfigError
+from gateway.storage.open import open_storage
 from gateway.upstream.client import UpstreamClient, UpstreamSettings
+from gateway.upstream.retries import RetryPolicy
 
 log = structlog.get_logger("gateway")
 
@@ -84,35 +88,30 @@ def create_app(config: Config) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = await ConversationStore.open(
-        config.db_path,
-        synchronous=config.synchronous,
-        busy_timeout_ms=config.busy_timeout_ms,
-        cache_messages=config.cache_messages,
-        cache_bytes=config.cache_bytes,
-    )
+    locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
+    # Every turn holds its conversation's lock until it is recorded: what is held is what is in flight.
+    storage = await open_storage(config, turns_in_flight=lambda: len(locks))
     log.info("database_opened", path=str(config.db_path))
-    gatekeeper = Gatekeeper(config, KeyRing(KeyStore(store), store))
+    gatekeeper = Gatekeeper(config, KeyRing(storage.keys))
     try:
-        await _check_start_up(config, gatekeeper, store)
+        await _check_start_up(config, gatekeeper, storage)
     except BaseException:
-        await store.close()
+        await storage.close()
         raise
     app[GATEKEEPER], app[LIMITER] = gatekeeper, Limiter(config)
     metrics = app[METRICS]
-    store.observe_writes(metrics.db_writes.observe)
-    metrics.count_conversations(store.count_conversations)
+    storage.observe_writes(metrics.db_writes.observe)
+    metrics.count_conversations(storage.count_conversations)
     settings = _upstream_settings(config)
     # No cookie jar: one session serves every tenant, and a cookie one upstream answer set must not ride along
     # with another tenant's requests.
     session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings), cookie_jar=aiohttp.DummyCookieJar())
-    app[STORE] = store
-    locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
+    app[STORE] = storage
     upstream = UpstreamClient(session, settings, metrics)
-    app[CHAT] = _chat_service(config, store, upstream, locks, app)
+    app[CHAT] = _chat_service(config, storage.turns, upstream, locks, app)
     app[PASS_THROUGH] = PassThrough(upstream, metrics)
     app[CONVERSATIONS] = ConversationsService(
-        ConversationCatalog(store), locks, max_messages=config.max_messages, max_history_bytes=config.max_history_bytes
+        storage.catalog, locks, max_messages=config.max_messages, max_history_bytes=config.max_history_bytes
     )
     purger = None
     if config.idle_days > 0:
@@ -125,7 +124,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
         await session.close()
-        await store.close()
+        await storage.close()
         log.info("database_closed", path=str(config.db_path))
 
 
@@ -146,7 +145,7 @@ def _upstream_settings(config: Config) -> UpstreamSettings:
 
 def _chat_service(
     config: Config,
-    store: ConversationStore,
+    store: TurnStore,
     upstream: UpstreamClient,
     locks: KeyedLocks,
     app: web.Application,
@@ -169,10 +168,10 @@ def _chat_service(
     )
 
 
-async def _check_start_up(config: Config, gatekeeper: Gatekeeper, store: ConversationStore) -> None:
+async def _check_start_up(config: Config, gatekeeper: Gatekeeper, storage: Storage) -> None:
     """Refuse to serve (``ConfigError``: one line, exit status 2) in a set-up where every turn would fail or
     that would be unsafe; storage faults that may pass (a full disk) only make ``/readyz`` fail."""
-    fault = await store.readiness(write=True)
+    fault = await storage.readiness(write=True)
     if fault is not None and fault.reason == "read_only":
         raise ConfigError(
             f"storage.path: the database {str(config.db_path)!r} is read-only ({fault.detail}): no turn could be "

@@ -35,7 +35,7 @@ def make_config(tmp_path: Path, upstream_url: str, toml: str = "", **flags: Any)
     empty = tmp_path / ("test.toml" if toml else "empty.toml")
     empty.write_text(toml)
     # One attempt unless a test asks for retries: most tests script a single upstream failure and check that it
-    # reaches the client; tests/test_faults.py covers retries.
+    # reaches the client; tests/http/test_faults.py covers retries.
     values = {
         "storage.path": str(tmp_path / "gateway.db"),
         "upstream.base_url": upstream_url,
@@ -78,7 +78,8 @@ class Gateway:
         await self.runner.cleanup()
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the database file directly, as any other process would."""
+        """Read the SQLite file directly, as any other process would: for tests about the file itself.  Tests about
+        what the gateway remembers read it through tests/stored.py, which works for any storage backend."""
         with sqlite3.connect(self.db_path) as db:
             return db.execute(sql, params).fetchall()
 

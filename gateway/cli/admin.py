@@ -1,9 +1,9 @@
 """Operator commands over the database file: conversations (list, show, export, import, delete), purge, and
 gateway keys (create, list, revoke).
 
-They open the same SQLite file as the server, which may be running: their writes wait out the server's lock for
-the configured busy timeout, and the server notices them through ``PRAGMA data_version`` and drops what it had
-cached.  They run the same catalog SQL as the conversations API, but across owners: an owner is named by its hash
+They open the same storage as the server, which may be running: their writes wait out the server's lock for the
+configured busy timeout, and the server notices them and drops what it had cached.  They call the same catalog as
+the conversations API, but across owners: an owner is named by its hash
 or a prefix of it (the log lines show the first 12 characters), a tenant as ``tenant:NAME`` (keys mode), or
 ``none`` for clients without a credential, and an id held by several owners must be told apart with ``--owner``.
 """
@@ -17,16 +17,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from gateway.storage.sqlite.catalog import ConversationCatalog, ConversationInfo, StoredMessage
-from gateway.settings.config import Config
 from gateway.core.conversations import ConversationsService, check_history_size, new_conversation_id
-from gateway.errors import InvalidRequest
-from gateway.core.keys import KeyStore, valid_tenant
+from gateway.core.keys import valid_tenant
 from gateway.core.ordering import KeyedLocks
-from gateway.protocols.openai_chat import dumps
+from gateway.core.ports import Catalog, ConversationInfo, KeyStore, Storage, StoredMessage
 from gateway.core.retention import SECONDS_PER_DAY
-from gateway.storage.sqlite.store import ConversationStore
 from gateway.core.transfer import export_lines, parse_import
+from gateway.errors import InvalidRequest
+from gateway.protocols.openai_chat import dumps
+from gateway.settings.config import Config
+from gateway.storage.open import open_storage
 
 OWNER_SHOWN = 12  # characters of an owner hash shown in listings, as in the log lines
 NO_OWNER = "none"  # how the CLI names the owner of clients without a credential (hashes never hold an "n")
@@ -55,33 +55,29 @@ def import_owner(value: str | None) -> str | None:
 
 
 @asynccontextmanager
-async def open_store(config: Config) -> AsyncIterator[ConversationStore]:
-    store = await ConversationStore.open(
-        config.db_path, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
-    )
+async def open_store(config: Config) -> AsyncIterator[Storage]:
+    storage = await open_storage(config, cache=False)
     try:
-        yield store
+        yield storage
     finally:
-        await store.close()
+        await storage.close()
 
 
-async def list_conversations(catalog: ConversationCatalog, out: TextIO, *, owner: str | None, limit: int) -> None:
+async def list_conversations(catalog: Catalog, out: TextIO, *, owner: str | None, limit: int) -> None:
     found = await catalog.list_conversations(None, limit=limit, order="desc", cursor=None, owner_prefix=owner)
     rows = [("OWNER", "ID", "MESSAGES", "UPDATED", "MODEL")]
     rows += [(_owner(c.owner), c.external_id, str(c.message_count), _time(c.updated_at), c.model or "-") for c in found]
     _table(out, rows)
 
 
-async def show_conversation(
-    catalog: ConversationCatalog, out: TextIO, conversation_id: str, *, owner: str | None
-) -> None:
+async def show_conversation(catalog: Catalog, out: TextIO, conversation_id: str, *, owner: str | None) -> None:
     info = await _one(catalog, conversation_id, owner)
     for line in transcript(info, await catalog.export_messages(info)):
         print(line, file=out)
 
 
 async def export_conversation(
-    catalog: ConversationCatalog, out: TextIO, conversation_id: str, *, owner: str | None, fmt: str
+    catalog: Catalog, out: TextIO, conversation_id: str, *, owner: str | None, fmt: str
 ) -> None:
     info = await _one(catalog, conversation_id, owner)
     for line in export_lines(info, await catalog.export_messages(info), fmt):
@@ -89,7 +85,7 @@ async def export_conversation(
 
 
 async def delete_conversations(
-    catalog: ConversationCatalog, out: TextIO, conversation_ids: Sequence[str], *, owner: str | None
+    catalog: Catalog, out: TextIO, conversation_ids: Sequence[str], *, owner: str | None
 ) -> None:
     targets = [await _one(catalog, conversation_id, owner) for conversation_id in conversation_ids]
     for info in targets:
@@ -98,7 +94,7 @@ async def delete_conversations(
 
 
 async def import_conversations(
-    catalog: ConversationCatalog, out: TextIO, lines: Iterable[str], *, owner: str | None, max_history_bytes: int
+    catalog: Catalog, out: TextIO, lines: Iterable[str], *, owner: str | None, max_history_bytes: int
 ) -> None:
     """Import every conversation of an export; each is written whole or not at all, and an id that exists, or
     one larger than ``limits.max_history_bytes``, stops the import there.  (No message-count limit: what turns
@@ -114,7 +110,7 @@ async def import_conversations(
         print(f"imported {info.external_id} (owner {_owner(info.owner)}, {len(exported.messages)} messages)", file=out)
 
 
-async def purge(catalog: ConversationCatalog, out: TextIO, *, idle_days: float) -> None:
+async def purge(catalog: Catalog, out: TextIO, *, idle_days: float) -> None:
     if idle_days <= 0:
         print("retention.idle_days is 0: conversations are kept forever, nothing purged", file=out)
         return
@@ -193,7 +189,7 @@ def _text(content: Any) -> str:
     return dumps(content)
 
 
-async def _one(catalog: ConversationCatalog, conversation_id: str, owner: str | None) -> ConversationInfo:
+async def _one(catalog: Catalog, conversation_id: str, owner: str | None) -> ConversationInfo:
     found = await catalog.find_conversations(conversation_id, owner)
     if not found:
         named = "" if owner == "" else f" of owner {owner or NO_OWNER}"

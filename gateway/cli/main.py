@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import metadata
@@ -22,16 +21,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gateway import __version__
-from gateway.cli import admin
 from gateway.app import serve
-from gateway.storage.sqlite.catalog import ConversationCatalog
-from gateway.settings.config import Config, ConfigError, load_config
-from gateway.errors import GatewayError
-from gateway.core.keys import KeyStore
-from gateway.observability.logs import configure_logging
-from gateway.settings.declared import SETTINGS
-from gateway.storage.sqlite.store import ConversationStore
+from gateway.cli import admin
+from gateway.core.ports import Storage
 from gateway.core.transfer import FORMATS, TransferError
+from gateway.errors import GatewayError
+from gateway.observability.logs import configure_logging
+from gateway.settings.config import Config, ConfigError, load_config
+from gateway.settings.declared import SETTINGS
+from gateway.storage.open import STORAGE_ERRORS
 
 EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
@@ -129,7 +127,7 @@ def _run_server(config: Config) -> int:
         asyncio.run(serve(config))
     except ConfigError as exc:
         return _fail(str(exc))
-    except sqlite3.Error as exc:
+    except STORAGE_ERRORS as exc:
         return _fail(f"storage.path: cannot open database {str(config.db_path)!r}: {exc}")
     except GatewayError as exc:
         return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc.message}")
@@ -142,36 +140,34 @@ def _run_server(config: Config) -> int:
     return 0
 
 
-def _admin_command(args: dict[str, Any], config: Config) -> Callable[[ConversationStore], Awaitable[None]]:
+def _admin_command(args: dict[str, Any], config: Config) -> Callable[[Storage], Awaitable[None]]:
     """The chosen database command, bound to its arguments."""
     out, command, action = sys.stdout, args["command"], args.get("action")
     if command == "purge":
         idle_days = config.idle_days if args["idle_days"] is None else args["idle_days"]
-        return lambda store: admin.purge(ConversationCatalog(store), out, idle_days=idle_days)
+        return lambda storage: admin.purge(storage.catalog, out, idle_days=idle_days)
     if command == "keys":
         if action == "create":
-            return lambda store: admin.create_key(
-                KeyStore(store), out, tenant=args["tenant"], name=args["name"], admin=args["admin"]
+            return lambda storage: admin.create_key(
+                storage.keys, out, tenant=args["tenant"], name=args["name"], admin=args["admin"]
             )
         if action == "list":
-            return lambda store: admin.list_keys(KeyStore(store), out)
-        return lambda store: admin.revoke_key(KeyStore(store), out, args["key_id"])
+            return lambda storage: admin.list_keys(storage.keys, out)
+        return lambda storage: admin.revoke_key(storage.keys, out, args["key_id"])
     if action == "import":
         lines, owner = _read_lines(args["file"]), admin.import_owner(args["owner"])
-        return lambda store: admin.import_conversations(
-            ConversationCatalog(store), out, lines, owner=owner, max_history_bytes=config.max_history_bytes
+        return lambda storage: admin.import_conversations(
+            storage.catalog, out, lines, owner=owner, max_history_bytes=config.max_history_bytes
         )
     owner = admin.owner_filter(args["owner"])
     if action == "list":
-        return lambda store: admin.list_conversations(ConversationCatalog(store), out, owner=owner, limit=args["limit"])
+        return lambda storage: admin.list_conversations(storage.catalog, out, owner=owner, limit=args["limit"])
     if action == "show":
-        return lambda store: admin.show_conversation(ConversationCatalog(store), out, args["ids"][0], owner=owner)
+        return lambda storage: admin.show_conversation(storage.catalog, out, args["ids"][0], owner=owner)
     if action == "export":
         fmt = args["format"]
-        return lambda store: admin.export_conversation(
-            ConversationCatalog(store), out, args["ids"][0], owner=owner, fmt=fmt
-        )
-    return lambda store: admin.delete_conversations(ConversationCatalog(store), out, args["ids"], owner=owner)
+        return lambda storage: admin.export_conversation(storage.catalog, out, args["ids"][0], owner=owner, fmt=fmt)
+    return lambda storage: admin.delete_conversations(storage.catalog, out, args["ids"], owner=owner)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -185,9 +181,9 @@ def _read_lines(path: str) -> list[str]:
         raise admin.CommandFailed(f"cannot read {path!r}: not UTF-8 text") from None
 
 
-async def _run_admin(config: Config, command: Callable[[ConversationStore], Awaitable[None]]) -> None:
-    async with admin.open_store(config) as store:
-        await command(store)
+async def _run_admin(config: Config, command: Callable[[Storage], Awaitable[None]]) -> None:
+    async with admin.open_store(config) as storage:
+        await command(storage)
 
 
 def _admin(args: dict[str, Any], config: Config) -> int:
@@ -203,7 +199,7 @@ def _admin(args: dict[str, Any], config: Config) -> int:
     except GatewayError as exc:
         print(f"gateway: error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    except sqlite3.Error as exc:
+    except STORAGE_ERRORS as exc:
         return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc}")
     except OSError as exc:  # the database's directory cannot be made, say
         return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc.strerror}")

@@ -19,10 +19,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.settings.config import Config
-from gateway.errors import AuthenticationFailed, GatewayError, RateLimited
 from gateway.core.keys import KeyRing
+from gateway.errors import AuthenticationFailed, GatewayError, RateLimited
 from gateway.protocols.openai_chat import bearer_credential, owner_of
+from gateway.settings.config import Config
 
 TENANT_OWNER_PREFIX = "tenant:"
 WINDOW_SECONDS = 60.0

@@ -1,8 +1,9 @@
 """The chat use case: load memory, merge the request, call upstream, relay the reply, record the turn.
 
-Knows no SQL and no HTTP server types.  The handler hands it a ``ReplyChannel`` to answer through, which lets
-this module decide *when* bytes go out: a turn is committed before a non-streaming body is sent and before a
-stream's ``data: [DONE]`` is relayed, so a reply the client saw complete is always on disk.
+Knows no SQL and no HTTP server types: memory comes from a ``ports.TurnStore``, replies from a ``ports.Upstream``.
+The handler hands it a ``ReplyChannel`` (``gateway.core.relay``) to answer through, which lets this module decide
+*when* bytes go out: a turn is committed before a non-streaming body is sent and before a stream's ``data: [DONE]``
+is relayed, so a reply the client saw complete is always on disk.
 """
 
 from __future__ import annotations
@@ -11,11 +12,19 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from gateway.core.context import ContextPlanner, Window
+from gateway.core.history import TurnPlan, plan_turn
+from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
+from gateway.core.lifecycle import Drain
+from gateway.core.ordering import KeyedLocks
+from gateway.core.ports import ConversationDeleted, IdempotentReply, Turn, TurnStore, Upstream, UpstreamReply
+from gateway.core.relay import STREAM_HEADERS, StreamFailed, error_event, parse_completion, pump, send_quietly
+from gateway.core.relay import ClientGone as ClientGone
+from gateway.core.relay import ReplyChannel as ReplyChannel
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -24,35 +33,13 @@ from gateway.errors import (
     UpstreamHTTPError,
     UpstreamInvalidResponse,
 )
-from gateway.core.history import TurnPlan, plan_turn
-from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
-from gateway.core.lifecycle import Drain
 from gateway.observability.logs import note
 from gateway.observability.metrics import Metrics
-from gateway.core.ordering import KeyedLocks
 from gateway.protocols.openai_chat import ChatBody, Message, cached_tokens, encode, loads
-from gateway.storage.sqlite.store import ConversationDeleted, ConversationStore
-from gateway.protocols.sse import DONE, DONE_EVENT, ReplyAssembler, SseParser, encode_event
-from gateway.storage.sqlite.turns import IdempotentReply, Turn
-from gateway.upstream.client import UpstreamClient, UpstreamResponse
+from gateway.protocols.sse import DONE_EVENT, ReplyAssembler
 
 log = structlog.get_logger("gateway")
 _SHUTTING_DOWN = Overloaded("The gateway is shutting down; the reply was cut short.", code="server_shutting_down")
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class ClientGone(Exception):
-    """The client closed the connection; raised by ``ReplyChannel.send``."""
-
-
-class ReplyChannel(Protocol):
-    """How the use case answers; implemented by the HTTP handler."""
-
-    async def respond(self, status: int, content_type: str, headers: Mapping[str, str], body: bytes) -> None: ...
-
-    async def open_stream(self, status: int, content_type: str, headers: Mapping[str, str]) -> None: ...
-
-    async def send(self, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -90,16 +77,11 @@ class _Memory:
         return headers
 
 
-class _StreamFailed(Exception):
-    def __init__(self, error: GatewayError) -> None:
-        self.error = error
-
-
 class ChatService:
     def __init__(
         self,
-        store: ConversationStore,
-        upstream: UpstreamClient,
+        store: TurnStore,
+        upstream: Upstream,
         locks: KeyedLocks,
         context: ContextPlanner,
         *,
@@ -201,9 +183,9 @@ class ChatService:
             else:
                 await self._relay_body(response, channel, memory)
 
-    async def _relay_body(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+    async def _relay_body(self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None) -> None:
         body = await response.read()
-        completion = _parse_completion(body)
+        completion = parse_completion(body)
         if memory is not None:
             if completion is None:
                 raise UpstreamInvalidResponse(
@@ -217,7 +199,7 @@ class ChatService:
         headers = {**response.headers, **memory.headers} if memory is not None else response.headers
         await channel.respond(response.status, response.content_type, headers, body)
 
-    async def _relay_stream(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
+    async def _relay_stream(self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._metrics.open_streams.inc()
@@ -228,16 +210,16 @@ class ChatService:
             self._drain.streams.discard(task)
             self._metrics.open_streams.dec()
 
-    async def _relay_events(self, response: UpstreamResponse, channel: ReplyChannel, memory: _Memory | None) -> None:
-        headers = {**response.headers, **_STREAM_HEADERS, **(memory.headers if memory is not None else {})}
+    async def _relay_events(self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None) -> None:
+        headers = {**response.headers, **STREAM_HEADERS, **(memory.headers if memory is not None else {})}
         await channel.open_stream(response.status, response.content_type, headers)
         assembler = ReplyAssembler()
         try:
-            await _pump(response, channel, assembler)
-        except _StreamFailed as failed:
+            await pump(response, channel, assembler)
+        except StreamFailed as failed:
             self._metrics.upstream_errors.labels(type(failed.error).__name__).inc()
             note(stream_error=failed.error.code)
-            await _send_quietly(channel, _error_event(failed.error))
+            await send_quietly(channel, error_event(failed.error))
             return
         except (ClientGone, asyncio.CancelledError):
             response.abort()
@@ -245,7 +227,7 @@ class ChatService:
             if memory is not None:
                 await self._record(memory, assembler.message(interrupted=True), assembler.usage, interrupted=True)
             if self._drain.expired:  # cut by shutdown, not by the client: say so rather than just stop
-                await _send_quietly(channel, _error_event(_SHUTTING_DOWN))
+                await send_quietly(channel, error_event(_SHUTTING_DOWN))
             raise
         if memory is None:
             self._note_usage(assembler.usage)
@@ -259,7 +241,7 @@ class ChatService:
                 log.warning("record_failed", error=type(exc).__name__)
                 error = exc if isinstance(exc, GatewayError) else GatewayError("The turn could not be recorded.")
                 note(stream_error=error.code)
-                await _send_quietly(channel, _error_event(error))
+                await send_quietly(channel, error_event(error))
                 return
         await channel.send(DONE_EVENT)
 
@@ -308,7 +290,6 @@ class ChatService:
                 existed=memory.existed,
                 idempotent=kept,
             ),
-            share_commit=len(self._locks) > 1,
         )
 
     def _note_usage(self, usage: dict[str, Any] | None) -> None:
@@ -323,83 +304,10 @@ class ChatService:
         self._metrics.note_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
 
 
-async def _pump(response: UpstreamResponse, channel: ReplyChannel, assembler: ReplyAssembler) -> None:
-    """Relay SSE events until ``[DONE]`` (held back for the caller); fold only what the client was sent into
-    ``assembler``.  Any way the stream can end short of a finished reply raises ``_StreamFailed``."""
-    parser = SseParser()
-    done = False
-    try:
-        async for data in response.chunks():
-            out: list[bytes] = []
-            chunks: list[dict[str, Any]] = []
-            for event in parser.feed(data):
-                if event.data is None:
-                    out.append(event.raw)  # keep-alive comments pass through
-                    continue
-                if event.data.strip() == DONE:
-                    done = True
-                    break
-                chunk = _parse_chunk(event.data)
-                out.append(event.raw)
-                chunks.append(chunk)
-            if out:
-                await channel.send(b"".join(out))
-            for chunk in chunks:
-                assembler.add(chunk)
-            if done:
-                break
-    except GatewayError as exc:
-        raise _StreamFailed(exc) from exc
-    if not done or not assembler.finished:
-        raise _StreamFailed(
-            UpstreamInvalidResponse(
-                "The upstream stream ended before the reply was complete.", code="upstream_stream_incomplete"
-            )
-        )
-
-
-def _error_event(error: GatewayError) -> bytes:
-    """An SSE event carrying an error's OpenAI-shaped body, re-serialized onto one line (an upstream's own body
-    may hold newlines, which would end the event early)."""
-    return encode_event(loads(error.body()))
-
-
 def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:
     """The upstream body: the request's own fields, with messages as system prompt, summary, window, new."""
     messages = [*plan.prompt, *window.lead, *window.history, *plan.new_messages]
     return encode({**fields, "messages": messages})
-
-
-def _parse_chunk(data: str) -> dict[str, Any]:
-    try:
-        chunk = loads(data)
-    except ValueError:
-        chunk = None
-    if not isinstance(chunk, dict):
-        raise _StreamFailed(
-            UpstreamInvalidResponse("The upstream sent a malformed stream event.", code="upstream_invalid_response")
-        )
-    error = chunk.get("error")
-    if error:
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        code = error.get("code") if isinstance(error, dict) else None
-        raise _StreamFailed(
-            UpstreamInvalidResponse(f"The upstream failed mid-stream: {message}", code=str(code or "upstream_error"))
-        )
-    return chunk
-
-
-def _parse_completion(body: bytes) -> tuple[Message, dict[str, Any] | None] | None:
-    """(choice 0's message, usage) of a chat completion body, or None when it is not one."""
-    try:
-        data = loads(body)
-        message = data["choices"][0]["message"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    if not isinstance(message, dict) or message.get("role") != "assistant":
-        return None
-    usage = data.get("usage")
-    return message, usage if isinstance(usage, dict) else None
 
 
 async def _replay(kept: bytes, request: ChatRequest, channel: ReplyChannel) -> None:
@@ -411,12 +319,5 @@ async def _replay(kept: bytes, request: ChatRequest, channel: ReplyChannel) -> N
         return
     options = request.body.fields.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    await channel.open_stream(200, "text/event-stream", {**headers, **_STREAM_HEADERS})
+    await channel.open_stream(200, "text/event-stream", {**headers, **STREAM_HEADERS})
     await channel.send(replay_events(loads(kept), include_usage=include_usage))
-
-
-async def _send_quietly(channel: ReplyChannel, data: bytes) -> None:
-    try:
-        await channel.send(data)
-    except ClientGone:
-        pass

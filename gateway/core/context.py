@@ -14,13 +14,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.storage.cache import Memory
-from gateway.settings.config import Config
-from gateway.errors import InvalidRequest
-from gateway.protocols.openai_chat import Message
+from gateway.core.ports import Memory
 from gateway.core.summaries import Summarizer
 from gateway.core.tokens import MEDIA_TOKENS, TokenCounter
 from gateway.core.window import Budget, place_window, with_reasoning
+from gateway.errors import InvalidRequest
+from gateway.protocols.openai_chat import Message
+from gateway.settings.config import Config
 
 # Chat-template text the upstream wraps around tools and roles, beyond what the JSON shows.
 TEMPLATE_MARGIN_TOKENS = 256

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.storage.sqlite.catalog import ConversationCatalog, ConversationInfo, NewMessage, StoredMessage
-from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.core.history import split_system
 from gateway.core.ordering import KeyedLocks
+from gateway.core.ports import Catalog, ConversationInfo, NewMessage, StoredMessage
+from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.protocols.openai_chat import Message, encode, validate_conversation_id, validate_messages
 
 DEFAULT_LIMIT = 20
@@ -80,7 +80,7 @@ def check_history_size(messages: Sequence[Message], max_bytes: int) -> None:
 class ConversationsService:
     def __init__(
         self,
-        catalog: ConversationCatalog,
+        catalog: Catalog,
         locks: KeyedLocks,
         *,
         max_messages: int | None = None,

@@ -16,11 +16,10 @@ import re
 import time
 from typing import Any
 
+from gateway.core.ports import IdempotentReply, TurnStore
 from gateway.errors import Conflict, InvalidRequest
 from gateway.protocols.openai_chat import Message, encode
-from gateway.storage.sqlite.store import ConversationStore
 from gateway.protocols.sse import DONE_EVENT, encode_event
-from gateway.storage.sqlite.turns import IdempotentReply
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -60,7 +59,7 @@ def completion_body(message: Message, usage: dict[str, Any] | None, model: str |
 class Replies:
     """Finds and keeps replies under their keys, over the store."""
 
-    def __init__(self, store: ConversationStore, keep_seconds: float) -> None:
+    def __init__(self, store: TurnStore, keep_seconds: float) -> None:
         self._store = store
         self._keep = keep_seconds
 

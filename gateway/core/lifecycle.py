@@ -26,7 +26,7 @@ class Drain:
 
     def expire(self) -> None:
         """The deadline: stop the streams still open (their tasks are told by cancellation, while the connection
-        is still up to carry an error event; aiohttp's own cancellation comes a moment later and closes it)."""
+        is still up to carry an error event; the web server's own cancellation comes a moment later and closes it)."""
         self.expired = True
         for task in list(self.streams):
             task.cancel()

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.core.chat import ClientGone, ReplyChannel
+from gateway.core.ports import Upstream
 from gateway.errors import GatewayError, UpstreamError
 from gateway.observability.logs import note
 from gateway.observability.metrics import Metrics
-from gateway.upstream.client import UpstreamClient
 
 # What goes upstream (HEAD too, as GET's twin); OPTIONS is CORS's and never leaves the gateway.
 FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -42,7 +42,7 @@ class Forward:
 
 
 class PassThrough:
-    def __init__(self, upstream: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(self, upstream: Upstream, metrics: Metrics) -> None:
         self._upstream = upstream
         self._metrics = metrics
 

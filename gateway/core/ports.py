@@ -1,14 +1,192 @@
 """Ports: what the use cases need from the outside world, as Protocols, and the records they exchange.
 
 ``storage`` and ``upstream`` implement these; ``app`` hands the concrete classes in.  Nothing here does I/O or
-knows a backend: a second storage backend or another upstream dialect implements the same Protocols.
+knows a backend: a second storage backend or another upstream dialect implements the same Protocols.  The storage
+records are defined in ``gateway.core.records`` and re-exported here, the one place the use cases import them from.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.core.records import (
+    ConversationDeleted,
+    ConversationInfo,
+    IdempotentReply,
+    Memory,
+    NewMessage,
+    StorageFault,
+    StoredMessage,
+    Turn,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.keys import GatewayKey
+
+__all__ = [
+    "Catalog",
+    "ConversationDeleted",
+    "ConversationInfo",
+    "IdempotentReply",
+    "KeyStore",
+    "Memory",
+    "NewMessage",
+    "Storage",
+    "StorageFault",
+    "StoredMessage",
+    "Turn",
+    "TurnStore",
+    "Upstream",
+    "UpstreamReply",
+]
+
+# --- storage ------------------------------------------------------------------------------------------------
+# Reads and writes raise ``gateway.errors.StorageUnavailable`` when the storage cannot do them.
+
+
+class TurnStore(Protocol):
+    """Conversations' memory as chat turns use it: load it, find a kept idempotent reply, record a turn."""
+
+    async def load(self, owner: str, external_id: str) -> Memory:
+        """The conversation's system prompt, history and window (``exists`` False when it is not stored)."""
+        ...
+
+    async def idempotent_reply(self, owner: str, external_id: str, key: str, since: float) -> tuple[str, bytes] | None:
+        """The (request hash, body) kept under ``key`` for this conversation since ``since``, if any."""
+        ...
+
+    async def append_turn(self, turn: Turn) -> None:
+        """Record ``turn`` whole or not at all, durably enough to tell the client it is complete once this returns.
+        Raises ``ConversationDeleted`` when ``turn.existed`` and the conversation was deleted meanwhile."""
+        ...
+
+
+class Catalog(Protocol):
+    """Stored conversations as the conversations API, the CLI and retention see them.  ``order`` is "asc" or
+    "desc"; every change is one transaction."""
+
+    async def get_conversation(self, owner: str, external_id: str) -> ConversationInfo | None: ...
+
+    async def find_conversations(self, external_id: str, owner_prefix: str | None) -> list[ConversationInfo]:
+        """Conversations with this id whose owner starts with ``owner_prefix`` (None names the owner '')."""
+        ...
+
+    async def list_conversations(
+        self,
+        owner: str | None,
+        *,
+        limit: int,
+        order: str,
+        cursor: ConversationInfo | None,
+        owner_prefix: str | None = "",
+    ) -> list[ConversationInfo]:
+        """A page by recent activity, after ``cursor``: ``owner``'s, or with ``owner`` None those of the owners
+        ``owner_prefix`` names (as ``find_conversations``)."""
+        ...
+
+    async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:
+        """The position of one of the conversation's messages, by its row id; None when it holds no such one."""
+        ...
+
+    async def list_messages(
+        self, conversation: ConversationInfo, *, limit: int, order: str, cursor_seq: int | None
+    ) -> list[StoredMessage]:
+        """A page of messages in ``seq`` order after ``cursor_seq`` (``limit`` -1: all of them)."""
+        ...
+
+    async def export_messages(self, conversation: ConversationInfo) -> list[StoredMessage]:
+        """Every message of a conversation, in order."""
+        ...
+
+    async def create_conversation(self, info: ConversationInfo, messages: Sequence[NewMessage]) -> bool:
+        """Insert a conversation (its counters from ``info``) and its messages as given; False, and nothing
+        written, when the id is taken."""
+        ...
+
+    async def set_metadata(self, owner: str, external_id: str, metadata: dict[str, str]) -> bool:
+        """Replace a conversation's metadata; False when there is no such conversation."""
+        ...
+
+    async def delete_conversation(self, owner: str, external_id: str) -> bool:
+        """Delete a conversation and all of its messages; False when there was none."""
+        ...
+
+    async def rewind(self, conversation: ConversationInfo, turns: int, at: float) -> int | None:
+        """Remove the last ``turns`` user messages and everything after each; how many messages went, or None
+        (nothing changed) when the conversation holds fewer user messages."""
+        ...
+
+    async def fork(
+        self, source: ConversationInfo, new_id: str, *, last_seq: int, metadata: dict[str, str], at: float
+    ) -> bool:
+        """Copy ``source`` up to and including message ``last_seq`` to a new conversation of the same owner;
+        False, and nothing written, when ``new_id`` is taken."""
+        ...
+
+    async def idle_conversations(self, before: float, after_row: int, limit: int) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` conversations (row id, owner, external id) last active before ``before``, in row order
+        from after row ``after_row``."""
+        ...
+
+    async def delete_idle(self, conversations: Sequence[tuple[int, str, str]], before: float) -> int:
+        """Delete those of ``conversations`` still idle since before ``before``; how many went."""
+        ...
+
+
+class KeyStore(Protocol):
+    """Gateway keys as stored: only each key's hash, never the key."""
+
+    async def create(self, tenant: str, name: str | None, admin: bool) -> tuple[str, GatewayKey]:
+        """A new key: the secret (to show once) and its record."""
+        ...
+
+    async def list(self) -> list[GatewayKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key for good; False when there is no such unrevoked key."""
+        ...
+
+    async def by_hash(self) -> dict[str, GatewayKey]:
+        """Every key by the hash of its secret."""
+        ...
+
+    def version(self) -> int:
+        """A number that changes whenever the stored keys may have changed, by this process or another (the CLI
+        revoking a key, say) since the last call; cheap and without awaiting, so it can be asked per request."""
+        ...
+
+
+class Storage(Protocol):
+    """An opened storage backend, as the storage package's ``open_storage`` returns it: the three stores over one
+    database, and what the server asks of the database as a whole."""
+
+    @property
+    def turns(self) -> TurnStore: ...
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    @property
+    def keys(self) -> KeyStore: ...
+
+    async def readiness(self, *, write: bool = False) -> StorageFault | None:
+        """None when a turn could be recorded now, else what stands in the way.  ``write``: prove it with a write
+        now (at start-up)."""
+        ...
+
+    def count_conversations(self) -> int:
+        """How many conversations are stored (a metrics gauge reads it at each scrape)."""
+        ...
+
+    def observe_writes(self, observe: Callable[[float], None]) -> None:
+        """Have ``observe`` told how long each commit of turns took, in seconds."""
+
+    async def close(self) -> None: ...
+
 
 # --- the upstream -------------------------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 
+from gateway.core.ports import Upstream
+from gateway.core.tokens import TokenCounter
 from gateway.errors import GatewayError
 from gateway.protocols.openai_chat import Message, dumps, loads
-from gateway.core.tokens import TokenCounter
-from gateway.upstream.client import UpstreamClient
 
 log = structlog.get_logger("gateway")
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
@@ -24,7 +24,7 @@ SUMMARY_MAX_TOKENS = 1024
 
 
 class Summarizer:
-    def __init__(self, upstream: UpstreamClient, counter: TokenCounter, *, model: str, prompt: str) -> None:
+    def __init__(self, upstream: Upstream, counter: TokenCounter, *, model: str, prompt: str) -> None:
         self._upstream = upstream
         self._counter = counter
         self._model = model

@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.core.access import TENANT_OWNER_PREFIX
-from gateway.storage.sqlite.catalog import ConversationInfo, NewMessage, StoredMessage
 from gateway.core.conversations import parse_metadata
-from gateway.errors import InvalidRequest
 from gateway.core.history import split_system
 from gateway.core.keys import TENANT_PATTERN
+from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
+from gateway.errors import InvalidRequest
 from gateway.protocols.openai_chat import dumps, parse_json_body, validate_conversation_id, validate_messages
 
 FORMATS = ("jsonl", "openai")

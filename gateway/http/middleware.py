@@ -19,13 +19,20 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.core.access import Gatekeeper, Limiter, Principal
-from gateway.http.cors import CorsPolicy
 from gateway.errors import GatewayError, HeadersTooLarge, PermissionDenied, error_body
-from gateway.http.heap import HeapTrimmer
-from gateway.core.lifecycle import Drain
+from gateway.http.cors import CorsPolicy
+from gateway.http.state import (
+    CORS,
+    GATEKEEPER,
+    HEAP,
+    LIMITER,
+    MAX_HEADER_BYTES,
+    METRICS,
+    PRINCIPAL,
+    REQUEST_ID,
+    REQUEST_STARTED,
+)
 from gateway.observability.logs import note, open_request_fields, request_fields
-from gateway.observability.metrics import Metrics
 from gateway.protocols.dashscope import native_error
 from gateway.protocols.openai_chat import dumps
 
@@ -33,16 +40,6 @@ log = structlog.get_logger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-REQUEST_ID = web.RequestKey("request_id", str)
-PRINCIPAL = web.RequestKey("principal", Principal)
-REQUEST_STARTED = web.RequestKey("request_started", float)
-GATEKEEPER = web.AppKey("gatekeeper", Gatekeeper)
-METRICS = web.AppKey("metrics", Metrics)
-DRAIN = web.AppKey("drain", Drain)
-LIMITER = web.AppKey("limiter", Limiter)
-CORS = web.AppKey("cors", CorsPolicy)
-HEAP = web.AppKey("heap", HeapTrimmer)
-MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
 _API_PREFIXES = ("/v1/", "/api/v1/")  # OpenAI-compatible, and DashScope's native protocol
 NATIVE_PREFIX = "/api/v1/"
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})

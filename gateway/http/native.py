@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from gateway.errors import error_body
+from gateway.http.channel import HttpChannel, read_body
+from gateway.http.chat import answer_chat
+from gateway.http.state import CONFIG, IN_FLIGHT, REQUEST_ID
 from gateway.observability.logs import note
-from gateway.http.middleware import REQUEST_ID
 from gateway.protocols.dashscope import NativeStream, answer_shape, native_error, native_reply, openai_body
 from gateway.protocols.openai_chat import dumps, encode, loads, parse_chat_body, parse_json_body
-from gateway.http.routes import CONFIG, IN_FLIGHT, HttpChannel, answer_chat, read_body
 from gateway.protocols.sse import DONE, SseParser
 
 NATIVE_PATH = "/api/v1/services/aigc/text-generation/generation"

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.core.conversations import DEFAULT_LIMIT, MAX_LIMIT, MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
+from gateway.core.conversations import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
+)
 from gateway.core.passthrough import FORWARDED_METHODS
 from gateway.protocols.openai_chat import MAX_CONVERSATION_ID, ROLES
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.settings.models import ModelTable, parse_models
 from gateway.settings.declared import SETTINGS
+from gateway.settings.models import ModelTable, parse_models
 
 DEFAULT_CONFIG_FILE = "config.toml"
 

@@ -1,54 +1,25 @@
-"""HistoryCache: the stored memory of recently active conversations, held in process so a turn skips its read.
+"""HistoryCache: the stored memory (``core.ports.Memory``) of recently active conversations, held in process so a
+turn skips its read.
 
-Pure bookkeeping, no I/O.  The store decides when entries can be trusted: it drops them all whenever another
-connection (the CLI, another gateway process) has written to the database, and after each of its own commits it
-tells the cache what the turn appended.  Entries are immutable tuples, so a caller holding one while a later turn
-extends the conversation never sees it change.  Two bounds: messages (an entry counts at least one, so a flood of
-empty conversations is bounded too) and bytes of stored JSON (``storage.cache_bytes``), since a few huge messages
-hold more memory than many small ones.
+Pure bookkeeping, no I/O and no backend of its own: any store may hold one.  The store decides when entries can be
+trusted: it drops them all whenever another connection (the CLI, another gateway process) has written to the
+database, and after each of its own commits it tells the cache what the turn appended.  Entries are immutable
+tuples, so a caller holding one while a later turn extends the conversation never sees it change.  Two bounds:
+messages (an entry counts at least one, so a flood of empty conversations is bounded too) and bytes of stored JSON
+(``storage.cache_bytes``), since a few huge messages hold more memory than many small ones.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.core.history import replay
-from gateway.protocols.openai_chat import Message, encode
+from gateway.core.ports import Memory
+from gateway.protocols.openai_chat import Message
 
 Key = tuple[str, str]  # (owner, external id)
-
-
-@dataclass(frozen=True)
-class Memory:
-    """A conversation's stored memory; ``exists`` is False for a conversation not created yet."""
-
-    exists: bool
-    system: tuple[Message, ...] | None
-    messages: tuple[Message, ...]
-    replayed: tuple[Message, ...]  # ``messages`` as sent upstream (history.replay), worked out once per message
-    window_start: int = 0  # history before this index is left out upstream (gateway.core.window)
-    summary: Message | None = None  # the summary of what is left out, sent in its place
-    last_usage: dict[str, Any] | None = None  # the upstream's usage for the last stored reply, when known
-    size: int = 0  # the stored JSON size of ``messages`` (UTF-8 bytes), as the store counts it
-
-    def truncated(self, length: int) -> Memory:
-        """This memory with only its first ``length`` messages, as a turn that replaces the rest plans from it
-        (the store does the same cut: ``gateway.storage.sqlite.turns.cut_statements``)."""
-        if length >= len(self.messages):
-            return self
-        window_kept = self.window_start <= length
-        return replace(
-            self,
-            messages=self.messages[:length],
-            replayed=self.replayed[:length],
-            window_start=self.window_start if window_kept else 0,
-            summary=self.summary if window_kept else None,
-            last_usage=None,  # it measured a request this turn no longer continues
-            size=max(0, self.size - sum(len(encode(m)) for m in self.messages[length:])),
-        )
 
 
 class HistoryCache:

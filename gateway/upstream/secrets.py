@@ -2,8 +2,8 @@
 
 Pure code, no I/O.  An upstream may quote the key it was sent, in an error body or an ``error`` event of a stream
 ("Incorrect API key provided: sk-..."), and whatever the upstream says reaches the client and may reach the log.
-``gateway.upstream.client`` runs every upstream body through a ``Scrubber`` on its way in, so nothing downstream has to
-remember to.
+``gateway.upstream.replies`` runs every upstream body through a ``Scrubber`` on its way in, so nothing downstream
+has to remember to.
 
 A secret is replaced by as many ``*`` as it has bytes: a body keeps its length, so a ``Content-Length`` the
 upstream sent stays true and nothing needs buffering.  ``StreamScrubber`` finds a secret split across two chunks

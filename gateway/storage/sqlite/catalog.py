@@ -1,4 +1,5 @@
-"""ConversationCatalog: the SQL for seeing and managing stored conversations (list, read, create, edit, delete).
+"""SqliteCatalog: the SQL for seeing and managing stored conversations (list, read, create, edit, delete), the
+``core.ports.Catalog`` of the SQLite backend.
 
 The storage layer's second half, beside ``store.ConversationStore`` (turns, cache, connections), whose waiting
 connection runs these statements: they are rare and can be large, so they stay off the event loop.  Every change
@@ -11,53 +12,12 @@ rewind or a fork recounts them from the messages that remain or were copied.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from gateway.protocols.openai_chat import Message, dumps, loads
+from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
+from gateway.protocols.openai_chat import dumps, loads
 from gateway.storage.sqlite.store import ConversationStore, Transaction
 from gateway.storage.sqlite.turns import RECOUNT, cut_statements
-
-
-@dataclass(frozen=True)
-class ConversationInfo:
-    """A conversation's row (``row_id`` is internal, for cursors and joins)."""
-
-    row_id: int
-    owner: str
-    external_id: str
-    created_at: float
-    updated_at: float
-    message_count: int
-    model: str | None
-    metadata: dict[str, str]
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    system: list[Message] | None
-    window_start: int = 0  # where the upstream window of the history starts (gateway.core.window)
-    summary: Message | None = None  # the summary of what lies before it
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    row_id: int
-    seq: int
-    body: Message
-    created_at: float
-    interrupted: bool
-    usage: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    """A message to insert as it is (an import keeps its time, flag and usage; a create stamps them)."""
-
-    body: Message
-    created_at: float
-    interrupted: bool = False
-    usage: dict[str, Any] | None = None
-
 
 _COLUMNS = """id, owner, external_id, created_at, updated_at, message_count, model, metadata_json,
        prompt_tokens, completion_tokens, cached_tokens, system_json, window_start, summary_json"""
@@ -133,7 +93,7 @@ SELECT id, owner, external_id FROM conversations WHERE updated_at < ? AND id > ?
 _DELETE_IDLE = "DELETE FROM conversations WHERE id = ? AND updated_at < ?"
 
 
-class ConversationCatalog:
+class SqliteCatalog:
     def __init__(self, store: ConversationStore) -> None:
         self._store = store
 

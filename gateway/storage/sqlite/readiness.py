@@ -1,6 +1,7 @@
 """Whether a turn could be recorded now: the storage faults ``/readyz`` reports, and how the store notices them.
 
-``ConversationStore.readiness`` puts these together; this module holds no SQL.  A fault is one of:
+``ConversationStore.readiness`` puts these together, each a ``core.ports.StorageFault``; this module holds no SQL.
+A fault is one of:
 
 - ``database_file_missing`` / ``database_file_replaced``: the path no longer names the file the gateway opened
   (deleted, or another file moved over it).  SQLite goes on writing to the open file, so turns would still
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.core.ports import StorageFault
 
 MIN_FREE_BYTES = 1 << 20
 _CHECKPOINT = "PRAGMA wal_checkpoint"
@@ -43,18 +45,16 @@ _FAULT_CODES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class StorageFault:
-    """Why no turn could be recorded now: a snake_case reason (the ``/readyz`` body, the log) and a sentence."""
-
-    reason: str
-    detail: str
-
-
 def is_storage_fault(exc: sqlite3.Error) -> bool:
     """Whether an error says the storage itself is failing (rather than a lock, a constraint or the SQL)."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _FAULT_CODES
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether an error is lock contention: another connection holds the lock (the write can be tried again)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def fault_of(exc: sqlite3.Error, what: str = "write") -> StorageFault:

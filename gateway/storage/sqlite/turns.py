@@ -1,5 +1,5 @@
-"""What a turn writes and what a conversation's rows read back as: the ``Turn`` record, its SQL, and the mapping
-between the two, used by ``store.ConversationStore``.
+"""What a turn writes and what a conversation's rows read back as: the SQL of a ``Turn`` (``core.ports``) and of
+loading a ``Memory``, and the mapping between rows and records, used by ``store`` and ``writer``.
 
 A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002), so it is stored whole or not at all;
 a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary in the
@@ -10,31 +10,11 @@ statement.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from gateway.storage.cache import Memory
 from gateway.core.history import replay
-from gateway.protocols.openai_chat import Message, cached_tokens, dumps, encode, loads
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One turn to record: the request's new messages and the assistant reply, written together."""
-
-    owner: str
-    external_id: str
-    model: str | None
-    system: list[Message] | None  # replaces the stored system prompt when not None
-    messages: list[Message]
-    reply: Message
-    interrupted: bool
-    usage: dict[str, Any] | None
-    window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
-    replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
-    existed: bool = False  # planned against a stored conversation: if that is gone by the commit, record nothing
-    idempotent: IdempotentReply | None = None  # the reply to keep under the request's Idempotency-Key
-
+from gateway.core.ports import Memory, Turn
+from gateway.protocols.openai_chat import cached_tokens, dumps, encode, loads
 
 # The first row is the conversation's (seq -1): its system prompt, window, summary and history size.
 LOAD = """
@@ -112,16 +92,6 @@ FIND_REPLY = """
 SELECT r.request_hash, r.body FROM idempotent_replies AS r JOIN conversations AS c ON c.id = r.conversation_id
  WHERE c.owner = ? AND c.external_id = ? AND r.key = ? AND r.created_at >= ?
 """
-
-
-@dataclass(frozen=True)
-class IdempotentReply:
-    """A turn's reply as kept under its Idempotency-Key (``gateway.core.idempotency``)."""
-
-    key: str
-    request_hash: str
-    body: bytes  # a chat completion, as the client got it
-    expires_before: float  # replies of the conversation recorded before this are dropped with the turn
 
 
 HISTORY_BYTES = "SELECT history_bytes FROM conversations WHERE owner = ? AND external_id = ?"

@@ -1,0 +1,1 @@
+"""The storage adapters (SQLite): the store, the history cache, migrations and the database file itself."""

@@ -1,0 +1,171 @@
+"""The history cache and the store's write paths: what another process writes is seen by the next turn, group
+commits keep one bad turn from failing the others, and a turn that meets another process's lock waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.core.history import replay
+from gateway.core.ports import Memory, Turn
+from gateway.errors import StorageUnavailable
+from gateway.storage.cache import HistoryCache
+from gateway.storage.sqlite.store import ConversationStore
+from tests.conftest import Gateway, make_config, start_gateway, user
+from tests.fake_upstream import FakeUpstream
+
+
+def _memory(*texts: str) -> Memory:
+    messages = tuple(user(t) for t in texts)
+    return Memory(exists=True, system=None, messages=messages, replayed=tuple(map(replay, messages)))
+
+
+def _turn(conversation: str, text: str, reply: dict | None = None) -> Turn:
+    return Turn(
+        owner="o",
+        external_id=conversation,
+        model="qwen-plus",
+        system=None,
+        messages=[user(text)],
+        reply=reply if reply is not None else {"role": "assistant", "content": f"re: {text}"},
+        interrupted=False,
+        usage=None,
+    )
+
+
+def test_cache_evicts_least_recently_used_by_message_count() -> None:
+    cache = HistoryCache(max_messages=5)
+    cache.put(("o", "a"), _memory("1", "2"))
+    cache.put(("o", "b"), _memory("1", "2"))
+    assert cache.get(("o", "a")) is not None  # now the most recently used
+    cache.put(("o", "c"), _memory("1", "2"))  # 6 > 5: evicts b, the least recently used
+    assert cache.get(("o", "b")) is None
+    assert cache.get(("o", "a")) is not None and cache.get(("o", "c")) is not None
+    cache.put(("o", "huge"), _memory(*"123456"))  # larger than the whole cache: not kept, nothing evicted
+    assert cache.get(("o", "huge")) is None and len(cache) == 2
+
+
+def test_empty_entries_count_toward_the_bound() -> None:
+    cache = HistoryCache(max_messages=3)
+    for i in range(10):
+        cache.put(("o", str(i)), Memory(exists=False, system=None, messages=(), replayed=()))
+    assert len(cache) == 3
+
+
+def test_extend_appends_a_committed_turn_without_touching_earlier_entries() -> None:
+    cache = HistoryCache(max_messages=100)
+    before = _memory("1")
+    cache.put(("o", "a"), before)
+    reply = {"role": "assistant", "content": "r", "reasoning_content": "thought"}
+    cache.extend(("o", "a"), [{"role": "system", "content": "S"}], [user("2"), reply])
+    after = cache.get(("o", "a"))
+    assert after is not None
+    assert [m["content"] for m in after.messages] == ["1", "2", "r"]
+    assert after.replayed[-1] == {"role": "assistant", "content": "r"}  # reasoning is not replayed
+    assert after.system == ({"role": "system", "content": "S"},)
+    assert before.messages == (user("1"),)  # entries are immutable
+    cache.extend(("o", "missing"), None, [user("x")])  # nothing cached: nothing to extend
+    assert cache.get(("o", "missing")) is None
+
+
+async def test_what_another_process_writes_is_seen_by_the_next_turn(gateway: Gateway, upstream: FakeUpstream) -> None:
+    client = gateway.sdk("edited")
+    await client.chat.completions.create(model="qwen-plus", messages=[user("my name is Ann")])
+    with sqlite3.connect(gateway.db_path) as db:  # as the CLI would: edit the stored user message
+        db.execute("UPDATE messages SET body = json_set(body, '$.content', 'my name is Bob') WHERE seq = 0")
+    await client.chat.completions.create(model="qwen-plus", messages=[user("what is my name?")])
+    assert upstream.last["messages"][0] == user("my name is Bob")
+    with sqlite3.connect(gateway.db_path) as db:  # and delete the conversation outright
+        db.execute("DELETE FROM messages")
+        db.execute("DELETE FROM conversations")
+    await client.chat.completions.create(model="qwen-plus", messages=[user("hello again")])
+    assert upstream.last["messages"] == [user("hello again")]
+    assert [m["content"] for m in gateway.stored("edited")] == ["hello again", "reply 3"]
+
+
+async def test_memory_works_with_the_cache_turned_off(tmp_path: Path, upstream: FakeUpstream) -> None:
+    gw = await start_gateway(make_config(tmp_path, upstream.url, storage__cache_messages=0))
+    try:
+        client = gw.sdk("nocache")
+        await client.chat.completions.create(model="qwen-plus", messages=[user("one")])
+        await client.chat.completions.create(model="qwen-plus", messages=[user("two")])
+    finally:
+        await gw.stop()
+    assert upstream.last["messages"] == [user("one"), {"role": "assistant", "content": "reply 1"}, user("two")]
+
+
+async def test_synchronous_full_keeps_memory(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """With storage.synchronous = "full" every write takes the waiting (fsyncing) path; memory is unchanged."""
+    gw = await start_gateway(make_config(tmp_path, upstream.url, storage__synchronous="full"))
+    try:
+        clients = [gw.sdk(f"full-{i}") for i in range(5)]
+        for text in ("one", "two"):
+            await asyncio.gather(
+                *(c.chat.completions.create(model="qwen-plus", messages=[user(text)]) for c in clients)
+            )
+        stored = [gw.stored(f"full-{i}") for i in range(5)]
+    finally:
+        await gw.stop()
+    assert [[m["content"] for m in s][::2] for s in stored] == [["one", "two"]] * 5
+    assert all(r.body["messages"][0] == user("one") for r in upstream.requests[5:])
+
+
+async def test_one_bad_turn_in_a_group_commit_fails_alone(tmp_path: Path) -> None:
+    store = await ConversationStore.open(tmp_path / "g.db", cache_messages=100)
+    try:
+        bad = _turn("bad", "x", reply={"content": "a reply without a role violates messages.role NOT NULL"})
+        results = await asyncio.gather(
+            store.append_turn(_turn("a", "1"), share_commit=True),
+            store.append_turn(bad, share_commit=True),
+            store.append_turn(_turn("b", "2"), share_commit=True),
+            return_exceptions=True,
+        )
+        loaded = [await store.load("o", c) for c in ("a", "b", "bad")]
+    finally:
+        await store.close()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StorageUnavailable)
+    assert [len(m.messages) for m in loaded] == [2, 2, 0]
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (4,)
+
+
+async def test_a_cancelled_caller_still_gets_its_queued_turn_recorded(tmp_path: Path) -> None:
+    store = await ConversationStore.open(tmp_path / "c.db", cache_messages=100)
+    try:
+        kept = asyncio.create_task(store.append_turn(_turn("a", "1"), share_commit=True))
+        dropped = asyncio.create_task(store.append_turn(_turn("b", "2"), share_commit=True))
+        await asyncio.sleep(0)  # both queued for the same group commit
+        dropped.cancel()
+        await kept
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        loaded = [await store.load("o", c) for c in ("a", "b")]
+    finally:
+        await store.close()
+    assert [len(m.messages) for m in loaded] == [2, 2]
+
+
+@pytest.mark.parametrize("share_commit", [False, True])
+async def test_a_turn_waits_for_another_process_lock_then_commits(tmp_path: Path, share_commit: bool) -> None:
+    path = tmp_path / "g.db"
+    store = await ConversationStore.open(path, busy_timeout_ms=5000, cache_messages=100)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.append_turn(_turn("c", "before"))
+        assert len((await store.load("o", "c")).messages) == 2  # cached now
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE conversations SET model = 'other'")
+        pending = asyncio.create_task(store.append_turn(_turn("c", "during"), share_commit=share_commit))
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # waiting on the lock, not failed
+        other.execute("COMMIT")
+        await asyncio.wait_for(pending, 5)
+        loaded = await store.load("o", "c")
+    finally:
+        other.close()
+        await store.close()
+    assert [m["content"] for m in loaded.messages] == ["before", "re: before", "during", "re: during"]

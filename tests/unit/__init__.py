@@ -1,0 +1,1 @@
+"""Pure logic, no server and no database file: history rules, windows, tokens, wire shapes, settings."""
