@@ -221,7 +221,7 @@ async def start(config: Config) -> tuple[GatewayRunner, int]:
         connections=connections,  # the cap on client connections and the header deadline (gateway.http.connections)
         handler_cancellation=True,  # a client that hangs up cancels its handler, which aborts the upstream call
         access_log_class=CanonicalLine,  # the canonical request line, written once the response is sent
-        access_log=logging.getLogger("gateway.core.access"),  # unused by CanonicalLine; aiohttp needs a logger here
+        access_log=logging.getLogger("gateway.access"),  # unused by CanonicalLine; aiohttp needs a logger here
         shutdown_timeout=config.drain_seconds,
         keepalive_timeout=config.keepalive_timeout,  # aiohttp's own default keeps an idle connection for an hour
         # Room above limits.max_header_bytes, so that the access middleware answers an oversized header with a

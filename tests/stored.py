@@ -75,7 +75,8 @@ async def find_conversation(
 
 
 async def conversations(gateway: Served, *keys: str | None) -> list[dict[str, Any]]:
-    """Every conversation of the owners of ``keys`` (default: ``SDK_KEY``), each owner's oldest activity first."""
+    """Every conversation of the owners of ``keys`` (default: ``SDK_KEY``), each owner's oldest activity first.
+    Those owners only: every owner's is ``cli_list``."""
     found: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
         for key in keys or (SDK_KEY,):
@@ -105,7 +106,7 @@ async def stored(gateway: Served, conversation_id: str, *, key: str | None = SDK
 
 async def message_count(gateway: Served, *keys: str | None) -> int:
     """How many messages all conversations of the owners of ``keys`` (default: ``SDK_KEY``) hold, counted by
-    reading them."""
+    reading them.  Those owners only: "nothing stored anywhere" is ``all_messages_count`` or ``cli_list``."""
     total = 0
     for key in keys or (SDK_KEY,):
         for c in await conversations(gateway, key):
@@ -156,3 +157,15 @@ async def cli_export(db: Path, conversation_id: str, *, owner: str | None = None
 async def cli_dump(db: Path) -> list[list[dict[str, Any]]]:
     """The export of every conversation of every owner, newest activity first."""
     return [await cli_export(db, c.id, owner=c.owner) for c in await cli_list(db)]
+
+
+async def all_messages(db: Path) -> list[dict[str, Any]]:
+    """Every message the database holds, of every owner, as recorded: conversation by conversation (newest
+    activity first), each in order.  For "nothing was stored" and "only these were stored", which a read with one
+    credential cannot tell: a turn recorded under the wrong owner would not show there."""
+    return [line["message"] for conversation in await cli_dump(db) for line in conversation[1:]]
+
+
+async def all_messages_count(db: Path) -> int:
+    """How many messages ``all_messages(db)`` holds, counted by reading them (not the listing's totals)."""
+    return len(await all_messages(db))

@@ -29,7 +29,7 @@ from gateway.errors import GatewayError
 from gateway.observability.logs import configure_logging
 from gateway.settings.config import Config, ConfigError, load_config
 from gateway.settings.declared import SETTINGS
-from gateway.storage.open import STORAGE_ERRORS
+from gateway.storage.open import STORAGE_ERRORS, storage_exists
 
 EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
@@ -189,7 +189,7 @@ async def _run_admin(config: Config, command: Callable[[Storage], Awaitable[None
 def _admin(args: dict[str, Any], config: Config) -> int:
     # A mistyped path must not create an empty database: only the first key may (a new deployment's first step).
     creates = args["command"] == "keys" and args.get("action") == "create"
-    if not creates and not config.db_path.is_file():
+    if not creates and not storage_exists(config):
         return _fail(f"storage.path: no database at {str(config.db_path)!r}")
     try:
         asyncio.run(_run_admin(config, _admin_command(args, config)))

@@ -22,9 +22,16 @@ from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, 
 from gateway.core.lifecycle import Drain
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import ConversationDeleted, IdempotentReply, Turn, TurnStore, Upstream, UpstreamReply
-from gateway.core.relay import STREAM_HEADERS, StreamFailed, error_event, parse_completion, pump, send_quietly
-from gateway.core.relay import ClientGone as ClientGone
-from gateway.core.relay import ReplyChannel as ReplyChannel
+from gateway.core.relay import (
+    STREAM_HEADERS,
+    ClientGone,
+    ReplyChannel,
+    StreamFailed,
+    error_event,
+    parse_completion,
+    pump,
+    send_quietly,
+)
 from gateway.errors import (
     GatewayError,
     InvalidRequest,

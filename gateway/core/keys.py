@@ -16,28 +16,11 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.core.ports import KeyStore
+from gateway.core.ports import GatewayKey, KeyStore
 
 KEY_PREFIX = "gw-"
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-@dataclass(frozen=True)
-class GatewayKey:
-    id: str
-    tenant: str
-    name: str | None
-    admin: bool
-    created_at: float
-    revoked_at: float | None
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 def hash_key(key: str) -> str:

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.core.chat import ClientGone, ReplyChannel
 from gateway.core.ports import Upstream
+from gateway.core.relay import ClientGone, ReplyChannel
 from gateway.errors import GatewayError, UpstreamError
 from gateway.observability.logs import note
 from gateway.observability.metrics import Metrics

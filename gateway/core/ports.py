@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.core.records import (
     ConversationDeleted,
     ConversationInfo,
+    GatewayKey,
     IdempotentReply,
     Memory,
     NewMessage,
@@ -22,13 +23,11 @@ from gateway.core.records import (
     Turn,
 )
 
-if TYPE_CHECKING:
-    from gateway.core.keys import GatewayKey
-
 __all__ = [
     "Catalog",
     "ConversationDeleted",
     "ConversationInfo",
+    "GatewayKey",
     "IdempotentReply",
     "KeyStore",
     "Memory",
@@ -156,7 +155,9 @@ class KeyStore(Protocol):
 
     def version(self) -> int:
         """A number that changes whenever the stored keys may have changed, by this process or another (the CLI
-        revoking a key, say) since the last call; cheap and without awaiting, so it can be asked per request."""
+        revoking a key, say) since the last call; cheap and without awaiting, so it can be asked per request.  A
+        backend whose database is across a network keeps it current in the background (a notification channel,
+        or a poll) rather than asking the database per call."""
         ...
 
 
@@ -179,7 +180,8 @@ class Storage(Protocol):
         ...
 
     def count_conversations(self) -> int:
-        """How many conversations are stored (a metrics gauge reads it at each scrape)."""
+        """How many conversations are stored (a metrics gauge reads it at each scrape, on the event loop): a
+        backend for which that is a slow query answers from a count it keeps current."""
         ...
 
     def observe_writes(self, observe: Callable[[float], None]) -> None:

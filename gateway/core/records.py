@@ -129,3 +129,22 @@ class StorageFault:
 
     reason: str
     detail: str
+
+
+# --- gateway keys -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayKey:
+    """A gateway key as stored: its public id, tenant, label, admin flag and times (never the key itself)."""
+
+    id: str
+    tenant: str
+    name: str | None
+    admin: bool
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

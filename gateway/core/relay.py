@@ -1,6 +1,6 @@
-"""Relaying an upstream reply to the client: the ``ReplyChannel`` the chat use case answers through, the pumping
-of a stream's events from an ``UpstreamReply`` to it, and the reading of what the upstream sent (stream events, a
-completion body) and of how a stream failed.
+"""Relaying an upstream reply to the client: the ``ReplyChannel`` the chat and pass-through use cases answer
+through, the pumping of a stream's events from an ``UpstreamReply`` to it, and the reading of what the upstream
+sent (stream events, a completion body) and of how a stream failed.
 
 The rule that a turn is recorded before the client sees the reply complete is the chat use case's
 (``gateway.core.chat``): ``pump`` holds ``data: [DONE]`` back for it.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.core.chat import ClientGone
+from gateway.core.relay import ClientGone
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from gateway.http.connections import waiting_for_client
 from gateway.http.state import CONFIG

@@ -9,9 +9,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.core import idempotency
-from gateway.core.chat import ChatRequest, ClientGone
+from gateway.core.chat import ChatRequest
 from gateway.core.keys import KEY_PREFIX
 from gateway.core.passthrough import FORWARDED_METHODS, Forward
+from gateway.core.relay import ClientGone
 from gateway.errors import AuthenticationFailed, GatewayError
 from gateway.http.channel import HttpChannel, read_body
 from gateway.http.middleware import NATIVE_PREFIX

@@ -2,7 +2,7 @@
 access control (header sizes, the caller's principal, per-key limits) before any handler runs.
 
 Exactly one ``request`` log event per request, carrying whatever the handler and use case noted for it with
-``logconfig.note`` (conversation, owner, model, tokens, upstream latency, streamed or not).  aiohttp writes it
+``observability.logs.note`` (conversation, owner, model, tokens, upstream latency, streamed or not).  aiohttp writes it
 through ``CanonicalLine``, its access-log hook, which runs once the response is on the wire, so the line costs
 the client no latency; a request whose client hung up never gets that far and is logged here instead.  Errors
 are translated here and nowhere else.

@@ -18,6 +18,12 @@ from gateway.storage.sqlite.backend import SqliteStorage
 STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 
 
+def storage_exists(config: Config) -> bool:
+    """Whether the configured storage has been created (so that a command which only reads or edits it can
+    refuse a mistyped location rather than create an empty one)."""
+    return config.db_path.is_file()
+
+
 async def open_storage(
     config: Config, *, turns_in_flight: Callable[[], int] | None = None, cache: bool = True
 ) -> Storage:

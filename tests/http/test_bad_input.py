@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fake_upstream import FakeUpstream
-from tests.stored import conversation_ids
+from tests.stored import cli_list
 
 URL = "/v1/chat/completions"
 
@@ -44,7 +44,7 @@ async def test_bad_body_is_400_and_touches_nothing(
     assert error["code"] == code
     assert error["message"]
     assert upstream.requests == []
-    assert await conversation_ids(gateway, None) == []
+    assert await cli_list(gateway.db_path) == []  # no conversation, of any owner
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path, upstream: FakeUpstream, http: aiohttp.ClientSession) -> None:
@@ -62,7 +62,7 @@ async def test_body_over_the_limit_is_413(tmp_path: Path, upstream: FakeUpstream
         async with http.post(gw.url + URL, data=chunked(), headers={"X-Conversation-Id": "big"}) as resp:
             assert resp.status == 413
         assert upstream.requests == []
-        assert await conversation_ids(gw, None) == []
+        assert await cli_list(gw.db_path) == []
     finally:
         await gw.stop()
 

@@ -16,7 +16,7 @@ import pytest
 from gateway.http.state import CONVERSATIONS
 from tests.conftest import Gateway, make_config, start_gateway, turn_in_flight, user
 from tests.fake_upstream import FakeUpstream, Script
-from tests.stored import cli_dump, conversation_ids, messages
+from tests.stored import cli_dump, cli_list, conversation_ids, owner_of
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
@@ -69,7 +69,10 @@ async def test_create_without_a_body_makes_an_empty_conversation_with_a_new_id(
     assert created["id"].startswith("conv_") and created["message_count"] == 0 and created["metadata"] == {}
     _, again = await _post(http, gateway.url + "/v1/conversations", {})
     assert again["id"] != created["id"]
-    assert len(await conversation_ids(gateway, "key-a")) == 2
+    listed = await cli_list(gateway.db_path)  # every owner's: these two, key-a's, and nothing else
+    assert sorted((c.owner, c.id, c.messages) for c in listed) == sorted(
+        (owner_of("key-a")[:12], c["id"], 0) for c in (created, again)
+    )
 
 
 async def test_create_of_an_existing_id_is_409_and_changes_nothing(
@@ -103,7 +106,7 @@ async def test_bad_create_is_400_and_stores_nothing(
     status, answer = await _post(http, gateway.url + "/v1/conversations", body)
     assert status == 400
     assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["param"] == param
-    assert await conversation_ids(gateway, "key-a") == []
+    assert await cli_list(gateway.db_path) == []  # no conversation, of any owner
 
 
 async def test_rewind_removes_the_last_turns_and_the_next_turn_sees_the_rest(
@@ -145,10 +148,10 @@ async def test_rewind_counts_user_turns_not_messages(
 async def test_bad_rewind_is_400_and_changes_nothing(gateway: Gateway, http: aiohttp.ClientSession, turns: Any) -> None:
     await _turn(gateway, "r", "one")
     await _turn(gateway, "r", "two")
-    before = await messages(gateway, "r", key="key-a")
+    before = await cli_dump(gateway.db_path)  # every conversation of every owner, exactly
     status, body = await _post(http, gateway.url + "/v1/conversations/r/rewind", {"turns": turns})
     assert status == 400 and body["error"]["param"] == "turns"
-    assert await messages(gateway, "r", key="key-a") == before
+    assert await cli_dump(gateway.db_path) == before
 
 
 async def test_fork_copies_history_up_to_a_message_and_both_go_their_own_way(
@@ -180,7 +183,7 @@ async def test_fork_errors(gateway: Gateway, http: aiohttp.ClientSession) -> Non
     await _turn(gateway, "src", "hi")
     await _turn(gateway, "other", "hi")
     foreign = (await _messages(http, gateway, "other"))[0]["id"]
-    before = [await messages(gateway, c, key="key-a") for c in ("src", "other")]
+    before = await cli_dump(gateway.db_path)  # every conversation of every owner, exactly
     url = gateway.url + "/v1/conversations/src/fork"
     cases = [
         ({"new_id": "other"}, A, 409, "conversation_exists"),
@@ -193,8 +196,7 @@ async def test_fork_errors(gateway: Gateway, http: aiohttp.ClientSession) -> Non
     for body, headers, status, code in cases:
         got, answer = await _post(http, url, body, headers=headers)
         assert (got, answer["error"]["code"]) == (status, code), body
-    assert [await messages(gateway, c, key="key-a") for c in ("src", "other")] == before
-    assert (len(await conversation_ids(gateway, "key-a")), await conversation_ids(gateway, "key-b")) == (2, [])
+    assert await cli_dump(gateway.db_path) == before  # no fork of any owner, and src and other as they were
 
 
 async def test_rewind_waits_for_the_turn_in_flight(
@@ -232,7 +234,7 @@ async def test_the_server_purges_idle_conversations_and_their_rows(expiring: Gat
     deadline = time.monotonic() + 5
     while len(await conversation_ids(expiring, "key-a")) != 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert await conversation_ids(expiring, "key-a") == ["fresh"]
+    assert [c.id for c in await cli_list(expiring.db_path)] == ["fresh"]  # of every owner's
     assert expiring.rows("SELECT count(*) FROM messages") == [(2,)]
     await _turn(expiring, "stale", "hello again")  # starts over: the cached history went with the rows
     assert upstream.last["messages"] == [user("hello again")]
@@ -248,4 +250,4 @@ async def test_purge_skips_a_conversation_with_a_turn_in_flight(
     async with turn_in_flight(gateway, upstream, "old-but-busy", "second"):
         assert await gateway.runner.app[CONVERSATIONS].purge(86400) == 1
     assert _contents(await _messages(http, gateway, "old-but-busy")) == ["first", "reply 1", "second", "reply 3"]
-    assert await conversation_ids(gateway, "key-a") == ["old-but-busy"]
+    assert [c.id for c in await cli_list(gateway.db_path)] == ["old-but-busy"]  # of every owner's

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Gateway, turn_in_flight, user
 from tests.fake_upstream import FakeUpstream
-from tests.stored import conversations, find_conversation, message_count, messages
+from tests.stored import cli_dump, cli_list
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
@@ -79,7 +79,7 @@ async def test_delete_removes_every_row_and_the_next_turn_starts_fresh(
     async with http.delete(gateway.url + "/v1/conversations/gone", headers=A) as resp:
         assert resp.status == 200
         assert await resp.json() == {"id": "gone", "object": "conversation.deleted", "deleted": True}
-    assert await find_conversation(gateway, "gone", key="key-a") is None
+    assert [c.id for c in await cli_list(gateway.db_path)] == ["kept"]  # no "gone" of any owner
     assert gateway.rows("SELECT count(*) FROM messages") == [(2,)]  # only "kept"'s turn is left
     async with http.delete(gateway.url + "/v1/conversations/gone", headers=A) as resp:
         assert resp.status == 404
@@ -91,7 +91,7 @@ async def test_another_owner_gets_the_same_404_as_a_missing_id_and_changes_nothi
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
     await _turn(gateway, "private", "my secret plan")
-    before = await messages(gateway, "private", key="key-a")
+    before = await cli_dump(gateway.db_path)  # every conversation of every owner, exactly
     answers = []
     for conversation in ("private", "does-not-exist"):
         for method, path in (
@@ -111,8 +111,8 @@ async def test_another_owner_gets_the_same_404_as_a_missing_id_and_changes_nothi
     assert set(answers) == {(404, "not_found_error", "conversation_not_found")}
     _, listing = await _get(http, gateway.url + "/v1/conversations", headers=B)
     assert listing["data"] == []
-    assert await messages(gateway, "private", key="key-a") == before
-    assert [(c["id"], c["metadata"]) for c in await conversations(gateway, "key-a", "key-b")] == [("private", {})]
+    assert await cli_dump(gateway.db_path) == before  # no fork, patch, rewind or delete took, of any owner
+    assert [(header["id"], header["metadata"]) for header, *_ in before] == [("private", {})]
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ async def test_delete_waits_for_the_turn_in_flight(
         assert not delete.done()  # ordered behind the turn, not interleaved with it
     async with await delete as resp:
         assert resp.status == 200
-    assert await message_count(gateway, "key-a") == 0
+    assert await cli_list(gateway.db_path) == []  # no conversation, of any owner
 
 
 async def test_patch_replaces_metadata_and_it_shows_in_lists(gateway: Gateway, http: aiohttp.ClientSession) -> None:
@@ -195,4 +195,4 @@ async def test_bad_metadata_is_400_and_changes_nothing(
     async with http.patch(gateway.url + "/v1/conversations/m", data=body, headers=headers) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
-    assert [c["metadata"] for c in await conversations(gateway, "key-a")] == [{}]
+    assert [(header["id"], header["metadata"]) for header, *_ in await cli_dump(gateway.db_path)] == [("m", {})]

@@ -12,7 +12,7 @@ import pytest
 from gateway.http.state import STORE
 from tests.conftest import Gateway, chat_body, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream, Script
-from tests.stored import conversation_ids
+from tests.stored import cli_list
 
 
 async def _limited_gateway(tmp_path: Path, upstream: FakeUpstream, toml: str = "", **flags: object) -> Gateway:
@@ -112,4 +112,4 @@ async def test_an_oversized_header_is_431_in_openai_shape(gateway: Gateway, http
         assert resp.status == 431
         body = await resp.json()
     assert body["error"]["code"] == "request_header_fields_too_large"
-    assert await conversation_ids(gateway, None) == []
+    assert await cli_list(gateway.db_path) == []  # no conversation, of any owner

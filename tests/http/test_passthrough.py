@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from gateway.http.state import STORE
 from tests.conftest import Gateway, make_config, start_gateway
 from tests.fake_upstream import MODELS, FakeUpstream
-from tests.stored import conversation_ids
+from tests.stored import cli_list
 
 UPSTREAM_KEY = "sk-upstream-own"
 
@@ -49,7 +49,7 @@ async def test_the_sdk_gets_embeddings_through_the_gateway(gateway: Gateway, ups
     result = await gateway.sdk().embeddings.create(model="text-embedding-v4", input=["a", "b"])
     assert [d.embedding for d in result.data] == [[0.1, 0.2, 0.0], [0.1, 0.2, 1.0]]
     assert upstream.requests == []  # nothing went the chat way, nothing was stored
-    assert await conversation_ids(gateway) == []
+    assert await cli_list(gateway.db_path) == []  # no conversation, of any owner
 
 
 async def test_method_path_query_headers_and_body_arrive_unchanged(

@@ -12,7 +12,7 @@ import aiohttp
 
 from tests.conftest import Gateway, chat_body, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream, Script
-from tests.stored import conversation_ids, message_count
+from tests.stored import all_messages_count, cli_list
 
 URL = "/v1/chat/completions"
 
@@ -28,8 +28,7 @@ async def test_without_header_the_request_passes_through_and_nothing_is_stored(
         assert "X-Conversation-Id" not in resp.headers
         assert (await resp.json())["choices"][0]["message"]["content"] == "reply 1"
     assert upstream.requests[0].raw == raw
-    assert await conversation_ids(gateway, None) == []
-    assert await message_count(gateway, None) == 0
+    assert await cli_list(gateway.db_path) == []  # no conversation (so no message) of any owner
 
 
 async def test_upstream_error_status_and_openai_body_reach_the_client(
@@ -53,7 +52,7 @@ async def test_upstream_error_status_and_openai_body_reach_the_client(
         assert resp.status == 429
         assert resp.headers["Retry-After"] == "7"
         assert (await resp.json())["error"]["code"] == "boom"
-    assert await message_count(gateway, None) == 0
+    assert await all_messages_count(gateway.db_path) == 0  # of any owner
 
 
 async def test_non_json_upstream_error_becomes_openai_shaped(
@@ -80,7 +79,7 @@ async def test_unreachable_upstream_is_502(tmp_path: Path, http: aiohttp.ClientS
         async with http.post(gw.url + URL, json=chat_body(user("hi")), headers={"X-Conversation-Id": "x"}) as resp:
             assert resp.status == 502
             assert (await resp.json())["error"]["code"] == "upstream_unavailable"
-        assert await message_count(gw, None) == 0
+        assert await all_messages_count(gw.db_path) == 0  # of any owner
     finally:
         await gw.stop()
 
@@ -96,7 +95,7 @@ async def test_upstream_that_never_answers_is_504(
             assert resp.status == 504
             assert (await resp.json())["error"]["type"] == "timeout_error"
         assert time.monotonic() - started < 3
-        assert await message_count(gw, None) == 0
+        assert await all_messages_count(gw.db_path) == 0  # of any owner
     finally:
         await gw.stop()
 
@@ -111,7 +110,7 @@ async def test_non_completion_2xx_body_is_502_with_memory_and_passed_through_wit
     async with http.post(gateway.url + URL, json=chat_body(user("hi"))) as resp:
         assert resp.status == 200
         assert await resp.read() == b'{"unexpected": true}'
-    assert await message_count(gateway, None) == 0
+    assert await all_messages_count(gateway.db_path) == 0  # of any owner
 
 
 async def test_client_authorization_is_forwarded_when_gateway_holds_no_key(

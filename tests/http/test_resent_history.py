@@ -10,7 +10,7 @@ import aiohttp
 
 from tests.conftest import Gateway, chat_body, user
 from tests.fake_upstream import FakeUpstream, Script
-from tests.stored import conversations, messages, stored
+from tests.stored import cli_dump, conversations, messages, stored
 
 URL = "/v1/chat/completions"
 
@@ -102,7 +102,7 @@ async def test_an_earlier_divergence_is_refused_and_changes_nothing(
 ) -> None:
     await post(http, gateway, "diverge", user("q1"))
     await post(http, gateway, "diverge", user("q1"), reply("reply 1"), user("q2"))
-    before = await messages(gateway, "diverge")
+    before = await cli_dump(gateway.db_path)  # every conversation of every owner, exactly
     calls = len(upstream.requests)
 
     system = {"role": "system", "content": "You sell phones."}
@@ -115,7 +115,7 @@ async def test_an_earlier_divergence_is_refused_and_changes_nothing(
     assert status == 409 and body["error"]["param"] == "messages[1]"
 
     assert len(upstream.requests) == calls
-    assert await messages(gateway, "diverge") == before
+    assert await cli_dump(gateway.db_path) == before
 
 
 async def test_the_native_route_refuses_a_divergence_in_dashscopes_shape(

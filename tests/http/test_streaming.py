@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import Gateway, chat_body, read_sse, user
 from tests.fake_upstream import FakeUpstream, Script
-from tests.stored import conversation_ids, message_count, messages, stored
+from tests.stored import all_messages_count, cli_list, messages, stored
 
 HEADERS = {"X-Conversation-Id": "s-1", "Authorization": "Bearer sk-test"}
 
@@ -149,7 +149,7 @@ async def test_mid_stream_failure_is_an_error_event_and_nothing_is_stored(
     assert "[DONE]" not in events
     error = json.loads(events[-1])["error"]
     assert error["message"] and error["type"] and error["code"]
-    assert await message_count(gateway) == 0
+    assert await all_messages_count(gateway.db_path) == 0  # of any owner
 
 
 async def test_sdk_raises_on_a_cut_stream(gateway: Gateway, upstream: FakeUpstream) -> None:
@@ -158,7 +158,7 @@ async def test_sdk_raises_on_a_cut_stream(gateway: Gateway, upstream: FakeUpstre
     with pytest.raises(openai.APIError):
         async for _ in stream:
             pass
-    assert await message_count(gateway) == 0
+    assert await all_messages_count(gateway.db_path) == 0  # of any owner
 
 
 async def test_stalled_stream_times_out_with_an_error_event(
@@ -176,7 +176,7 @@ async def test_stalled_stream_times_out_with_an_error_event(
             events = await read_sse(resp)
         assert time.monotonic() - started < 5
         assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
-        assert await message_count(gw) == 0
+        assert await all_messages_count(gw.db_path) == 0  # of any owner
     finally:
         await gw.stop()
 
@@ -224,7 +224,7 @@ async def test_transparent_stream_is_relayed_and_not_stored(
         assert "X-Conversation-Id" not in resp.headers
     assert events[-1] == "[DONE]"
     assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "reply 1"
-    assert await conversation_ids(gateway, None) == []
+    assert await cli_list(gateway.db_path) == []  # no conversation, of any owner
 
 
 async def test_failed_commit_is_an_error_not_success(
@@ -245,6 +245,6 @@ async def test_failed_commit_is_an_error_not_success(
             assert resp.status == 503
             assert (await resp.json())["error"]["code"] == "storage_unavailable"
         locker.execute("ROLLBACK")
-        assert await message_count(gw) == 0
+        assert await all_messages_count(gw.db_path) == 0  # of any owner
     finally:
         await gw.stop()

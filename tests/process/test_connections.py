@@ -1,6 +1,6 @@
-"""Client connections (gateway.http.connections, routes.read_body): the header, body and keep-alive deadlines on raw
-sockets, the connection cap's eviction and refusal, the open-file limit at start-up, and a small slowloris against
-the real gateway process limited to 256 open files (bench/slowloris.py is the full-size run)."""
+"""Client connections (gateway.http.connections, gateway.http.channel.read_body): the header, body and keep-alive
+deadlines on raw sockets, the connection cap's eviction and refusal, the open-file limit at start-up, and a small
+slowloris against the real gateway process limited to 256 open files (bench/slowloris.py is the full-size run)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,14 +114,23 @@ async def test_synchronous_full_keeps_memory(tmp_path: Path, upstream: FakeUpstr
     assert all(r.body["messages"][0] == user("one") for r in upstream.requests[5:])
 
 
+def _one() -> int:
+    return 1
+
+
+def _three() -> int:
+    """Turns in flight as the store's group commit sees them: several, so each turn waits to share a commit."""
+    return 3
+
+
 async def test_one_bad_turn_in_a_group_commit_fails_alone(tmp_path: Path) -> None:
-    store = await ConversationStore.open(tmp_path / "g.db", cache_messages=100)
+    store = await ConversationStore.open(tmp_path / "g.db", cache_messages=100, turns_in_flight=_three)
     try:
         bad = _turn("bad", "x", reply={"content": "a reply without a role violates messages.role NOT NULL"})
         results = await asyncio.gather(
-            store.append_turn(_turn("a", "1"), share_commit=True),
-            store.append_turn(bad, share_commit=True),
-            store.append_turn(_turn("b", "2"), share_commit=True),
+            store.append_turn(_turn("a", "1")),
+            store.append_turn(bad),
+            store.append_turn(_turn("b", "2")),
             return_exceptions=True,
         )
         loaded = [await store.load("o", c) for c in ("a", "b", "bad")]
@@ -134,10 +144,10 @@ async def test_one_bad_turn_in_a_group_commit_fails_alone(tmp_path: Path) -> Non
 
 
 async def test_a_cancelled_caller_still_gets_its_queued_turn_recorded(tmp_path: Path) -> None:
-    store = await ConversationStore.open(tmp_path / "c.db", cache_messages=100)
+    store = await ConversationStore.open(tmp_path / "c.db", cache_messages=100, turns_in_flight=_three)
     try:
-        kept = asyncio.create_task(store.append_turn(_turn("a", "1"), share_commit=True))
-        dropped = asyncio.create_task(store.append_turn(_turn("b", "2"), share_commit=True))
+        kept = asyncio.create_task(store.append_turn(_turn("a", "1")))
+        dropped = asyncio.create_task(store.append_turn(_turn("b", "2")))
         await asyncio.sleep(0)  # both queued for the same group commit
         dropped.cancel()
         await kept
@@ -149,17 +159,17 @@ async def test_a_cancelled_caller_still_gets_its_queued_turn_recorded(tmp_path: 
     assert [len(m.messages) for m in loaded] == [2, 2]
 
 
-@pytest.mark.parametrize("share_commit", [False, True])
-async def test_a_turn_waits_for_another_process_lock_then_commits(tmp_path: Path, share_commit: bool) -> None:
+@pytest.mark.parametrize("in_flight", [_one, _three], ids=["alone", "group-commit"])
+async def test_a_turn_waits_for_another_process_lock_then_commits(tmp_path: Path, in_flight: Callable[[], int]) -> None:
     path = tmp_path / "g.db"
-    store = await ConversationStore.open(path, busy_timeout_ms=5000, cache_messages=100)
+    store = await ConversationStore.open(path, busy_timeout_ms=5000, cache_messages=100, turns_in_flight=in_flight)
     other = sqlite3.connect(path, isolation_level=None)
     try:
         await store.append_turn(_turn("c", "before"))
         assert len((await store.load("o", "c")).messages) == 2  # cached now
         other.execute("BEGIN IMMEDIATE")
         other.execute("UPDATE conversations SET model = 'other'")
-        pending = asyncio.create_task(store.append_turn(_turn("c", "during"), share_commit=share_commit))
+        pending = asyncio.create_task(store.append_turn(_turn("c", "during")))
         await asyncio.sleep(0.3)
         assert not pending.done()  # waiting on the lock, not failed
         other.execute("COMMIT")

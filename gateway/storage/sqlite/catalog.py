@@ -1,9 +1,9 @@
 """SqliteCatalog: the SQL for seeing and managing stored conversations (list, read, create, edit, delete), the
 ``core.ports.Catalog`` of the SQLite backend.
 
-The storage layer's second half, beside ``store.ConversationStore`` (turns, cache, connections), whose waiting
-connection runs these statements: they are rare and can be large, so they stay off the event loop.  Every change
-is one ``ConversationStore.transaction``.
+Beside ``store.ConversationStore`` (turns and their reads; its commits in ``writer``, its connections from
+``connections``) and ``keys``.  The store's waiting connection runs these statements: they are rare and can be
+large, so they stay off the event loop.  Every change is one ``ConversationStore.transaction``.
 
 Token totals on a conversation are the sums of the usage stored with its replies: a turn adds its usage, and a
 rewind or a fork recounts them from the messages that remain or were copied.

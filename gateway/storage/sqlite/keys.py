@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.core.keys import GatewayKey, hash_key, new_key
+from gateway.core.keys import hash_key, new_key
+from gateway.core.ports import GatewayKey
 from gateway.storage.sqlite.store import ConversationStore
 
 _COLUMNS = "id, tenant, name, admin, created_at, revoked_at"

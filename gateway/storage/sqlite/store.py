@@ -280,17 +280,15 @@ class ConversationStore:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
         return (row[0], bytes(row[1])) if row is not None else None
 
-    async def append_turn(self, turn: Turn, *, share_commit: bool | None = None) -> None:
+    async def append_turn(self, turn: Turn) -> None:
         """Record a turn in one transaction, before the caller tells the client it is complete.
 
         While other turns are in flight the turn waits for the current event-loop iteration to end and commits
-        together with any that finish in it (see ``writer``); ``share_commit`` overrides that choice.
+        together with any that finish in it (see ``writer``).
         """
         params = turn_params(turn)
-        if share_commit is None:
-            share_commit = self._writer.should_share()
         try:
-            if self._inline_writes and share_commit:
+            if self._inline_writes and self._writer.should_share():
                 # Not shielded: a cancelled caller cancels only its future; the batch still records the turn whole
                 # (the writer skips futures nobody waits for).  A shield would cost each turn two more callbacks
                 # and a loop iteration before it can answer.
