@@ -30,6 +30,7 @@ from gateway.core.lifecycle import Drain, InFlight
 from gateway.core.ordering import KeyedLocks
 from gateway.core.passthrough import PassThrough
 from gateway.core.ports import Storage, TurnStore
+from gateway.core.responses import ResponsesService
 from gateway.core.retention import purge_periodically
 from gateway.core.summaries import Summarizer
 from gateway.core.tokens import TokenCounter
@@ -59,6 +60,7 @@ from gateway.http.state import (
     MAX_HEADER_BYTES,
     METRICS,
     PASS_THROUGH,
+    RESPONSES,
     STORE,
 )
 from gateway.observability.metrics import Metrics
@@ -113,6 +115,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[CONVERSATIONS] = ConversationsService(
         storage.catalog, locks, max_messages=config.max_messages, max_history_bytes=config.max_history_bytes
     )
+    app[RESPONSES] = ResponsesService(storage.turns, storage.catalog, locks)
     purger = None
     if config.idle_days > 0:
         purger = asyncio.create_task(purge_periodically(app[CONVERSATIONS], config.idle_days, config.purge_interval))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -21,7 +21,16 @@ from gateway.core.history import TurnPlan, plan_turn
 from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
 from gateway.core.lifecycle import Drain
 from gateway.core.ordering import KeyedLocks
-from gateway.core.ports import ConversationDeleted, IdempotentReply, Turn, TurnStore, Upstream, UpstreamReply
+from gateway.core.ports import (
+    ConversationDeleted,
+    IdempotentReply,
+    Memory,
+    ResponseRecord,
+    Turn,
+    TurnStore,
+    Upstream,
+    UpstreamReply,
+)
 from gateway.core.relay import (
     STREAM_HEADERS,
     ClientGone,
@@ -33,6 +42,7 @@ from gateway.core.relay import (
     send_quietly,
 )
 from gateway.errors import (
+    Conflict,
     GatewayError,
     InvalidRequest,
     Overloaded,
@@ -58,6 +68,12 @@ class ChatRequest:
     authorization: str | None
     headers: Mapping[str, str]
     idempotency_key: str | None = None  # the Idempotency-Key header, checked (gateway.core.idempotency)
+    record: bool = True  # False: the turn reads the conversation's memory but records nothing (store: false)
+    response: ResponseRecord | None = None  # the Responses API call this turn answers, recorded with it
+    # The stored history this turn continues has exactly this many messages (a response's reply is the last one):
+    # recording, the conversation must not have moved on; not recording, only the first this many are read.
+    expected_length: int | None = None
+    trim: bool = True  # False: a turn that would leave stored messages out of the upstream request gets 400
 
 
 @dataclass(frozen=True)
@@ -118,7 +134,7 @@ class ChatService:
             if kept is not None:
                 await _replay(kept, request, channel)
                 return
-            stored = await self._store.load(*key)
+            stored = _memory_for(await self._store.load(*key), request)
             plan = plan_turn(stored.system, stored.messages, request.body.messages)
             replaced = 0
             if plan.replace_from is not None:
@@ -148,6 +164,14 @@ class ChatService:
                     headers=request.headers,
                 )
                 payload = _payload(fields, plan, window)
+            if window.start and not request.trim:
+                raise InvalidRequest(
+                    f"The conversation no longer fits this model's context window whole ({window.start} stored "
+                    "messages would be left out) and truncation is 'disabled': send truncation 'auto' to leave the "
+                    "oldest turns out, or start a new conversation.",
+                    code="context_length_exceeded",
+                    param="truncation",
+                )
             note(history_messages=len(stored.messages), resent_messages=plan.resent, trimmed_messages=window.start)
             if plan.replace_from is not None:
                 note(replaced_messages=replaced)
@@ -264,6 +288,9 @@ class ChatService:
         """Store the turn; ``body``: the completion the client got, kept under its Idempotency-Key if it has one."""
         self._note_usage(usage)
         request = memory.request
+        if not request.record:
+            note(recorded=False)
+            return
         kept = self._replies.keep(request.idempotency_key, request.raw, body) if body is not None else None
         try:
             await self._append(memory, reply, usage, interrupted=interrupted, kept=kept)
@@ -296,6 +323,7 @@ class ChatService:
                 replace_from=memory.replace_from,
                 existed=memory.existed,
                 idempotent=kept,
+                response=memory.request.response,
             ),
         )
 
@@ -309,6 +337,23 @@ class ChatService:
             cached_tokens=cached,
         )
         self._metrics.note_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
+
+
+def _memory_for(stored: Memory, request: ChatRequest) -> Memory:
+    """The memory a turn plans from: checked against the history it says it continues (``expected_length``), and
+    for a turn that may not trim, the whole history, whatever cut earlier turns left (it goes whole, or not)."""
+    if not request.trim and (stored.window_start or stored.summary is not None):
+        stored = replace(stored, window_start=0, summary=None)
+    length = request.expected_length
+    if length is None or len(stored.messages) == length:
+        return stored
+    if not request.record and len(stored.messages) > length:
+        return stored.truncated(length)  # an unrecorded turn from an earlier point: nothing changes, no fork needed
+    raise Conflict(
+        "The conversation moved on since that response: send the request again to continue from it as a fork.",
+        code="previous_response_not_latest",
+        param="previous_response_id",
+    )
 
 
 def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:

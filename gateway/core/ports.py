@@ -18,8 +18,10 @@ from gateway.core.records import (
     IdempotentReply,
     Memory,
     NewMessage,
+    ResponseRecord,
     StorageFault,
     StoredMessage,
+    StoredResponse,
     Turn,
 )
 
@@ -32,9 +34,11 @@ __all__ = [
     "KeyStore",
     "Memory",
     "NewMessage",
+    "ResponseRecord",
     "Storage",
     "StorageFault",
     "StoredMessage",
+    "StoredResponse",
     "Turn",
     "TurnStore",
     "Upstream",
@@ -46,7 +50,8 @@ __all__ = [
 
 
 class TurnStore(Protocol):
-    """Conversations' memory as chat turns use it: load it, find a kept idempotent reply, record a turn."""
+    """Conversations' memory as chat turns use it: load it, find a kept idempotent reply, record a turn, and find
+    or delete the Responses API calls turns recorded (``Turn.response``)."""
 
     async def load(self, owner: str, external_id: str) -> Memory:
         """The conversation's system prompt, history and window (``exists`` False when it is not stored)."""
@@ -58,7 +63,20 @@ class TurnStore(Protocol):
 
     async def append_turn(self, turn: Turn) -> None:
         """Record ``turn`` whole or not at all, durably enough to tell the client it is complete once this returns.
-        Raises ``ConversationDeleted`` when ``turn.existed`` and the conversation was deleted meanwhile."""
+        Raises ``ConversationDeleted`` when ``turn.existed`` and the conversation was deleted meanwhile.
+        ``turn.response`` is recorded in the same transaction, or not at all with the turn; a response record goes
+        when its reply does (a cut by ``replace_from`` or a rewind, the conversation deleted or purged)."""
+        ...
+
+    async def find_response(self, owner: str, response_id: str) -> StoredResponse | None:
+        """The response recorded under ``response_id`` with its reply and inputs as stored now; None when there is
+        none, or it is another owner's."""
+        ...
+
+    async def delete_response(self, owner: str, response_id: str) -> bool:
+        """Delete a response record; when it is its conversation's latest (``StoredResponse.latest``) its inputs
+        and reply go too, as a rewind would remove them (counters recounted, activity time kept); an earlier one's
+        messages stay (later turns' history holds them).  False when there is none for ``owner``."""
         ...
 
 
@@ -109,7 +127,8 @@ class Catalog(Protocol):
         ...
 
     async def delete_conversation(self, owner: str, external_id: str) -> bool:
-        """Delete a conversation and all of its messages; False when there was none."""
+        """Delete a conversation and all of its messages (and the responses recorded with them); False when there
+        was none."""
         ...
 
     async def rewind(self, conversation: ConversationInfo, turns: int, at: float) -> int | None:

@@ -56,6 +56,15 @@ class IdempotentReply:
 
 
 @dataclass(frozen=True)
+class ResponseRecord:
+    """What a turn records about the Responses API call that made it (``gateway.core.responses``)."""
+
+    id: str  # resp_...: the key it is found and deleted by, unique across owners
+    created_at: float
+    request: dict[str, Any]  # the request-side fields of the Response object, JSON-serialisable, given back as is
+
+
+@dataclass(frozen=True)
 class Turn:
     """One turn to record: the request's new messages and the assistant reply, written together."""
 
@@ -71,6 +80,7 @@ class Turn:
     replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
     existed: bool = False  # planned against a stored conversation: if that is gone by the commit, record nothing
     idempotent: IdempotentReply | None = None  # the reply to keep under the request's Idempotency-Key
+    response: ResponseRecord | None = None  # the Responses API call this turn answers, recorded with it
 
 
 class ConversationDeleted(Exception):
@@ -108,6 +118,20 @@ class StoredMessage:
     created_at: float
     interrupted: bool
     usage: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A recorded Responses API call as the store gives it back: its conversation, request fields, the reply it
+    produced and the messages its request added (its input items), as they are stored now."""
+
+    id: str
+    conversation_id: str  # the conversation's external id (what X-Conversation-Id names)
+    created_at: float
+    request: dict[str, Any]  # ``ResponseRecord.request`` as recorded
+    reply: StoredMessage  # the assistant message it produced (its usage, its interrupted flag)
+    inputs: list[StoredMessage]  # the messages its turn added before the reply, in order
+    latest: bool  # its reply is the conversation's last message now
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from gateway.observability.logs import note
 from gateway.protocols.openai_chat import ChatBody, bearer_credential, parse_chat_body, validate_conversation_id
 
 CONVERSATION_HEADER = "X-Conversation-Id"
-_OWN_PREFIXES = ("/v1/conversations",)  # the gateway's own API: never forwarded
+_OWN_PREFIXES = ("/v1/conversations", "/v1/responses")  # the gateway's own API: never forwarded
 _OWN_METHODS = ("GET", "POST", "PATCH", "DELETE")
 
 
@@ -45,9 +45,9 @@ async def answer_chat(
     header = request.headers.get(CONVERSATION_HEADER)
     conversation_id = validate_conversation_id(header) if header is not None else None
     principal = request[PRINCIPAL]
-    authorization = _upstream_authorization(request)
+    authorization = upstream_authorization(request)
     note(conversation_id=conversation_id, model=body.model, stream=body.stream)
-    headers = _without_upstream_key(request, forwarded if forwarded is not None else request.headers)
+    headers = without_upstream_key(request, forwarded if forwarded is not None else request.headers)
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     try:
         await request.app[CHAT].complete(
@@ -59,7 +59,7 @@ async def answer_chat(
     return channel.response
 
 
-def _upstream_authorization(request: web.Request) -> str | None:
+def upstream_authorization(request: web.Request) -> str | None:
     """The ``Authorization`` that goes upstream for this request, or None for none of the client's (the gateway
     then sends its own key, when it holds one).  A gateway key never goes upstream.
 
@@ -93,7 +93,7 @@ def _upstream_authorization(request: web.Request) -> str | None:
     return value if " " in value else f"Bearer {value}"
 
 
-def _without_upstream_key(request: web.Request, headers: Mapping[str, str]) -> Mapping[str, str]:
+def without_upstream_key(request: web.Request, headers: Mapping[str, str]) -> Mapping[str, str]:
     """``headers`` without ``auth.upstream_key_header``: its value goes upstream only as ``Authorization``."""
     name = request.app[CONFIG].upstream_key_header
     if not name:
@@ -110,7 +110,7 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
         # The gateway's own routes answer only their own methods; OPTIONS is CORS's (middleware), never forwarded.
         raise web.HTTPMethodNotAllowed(request.method, _OWN_METHODS if path.startswith(_OWN_PREFIXES) else ())
     native = path.startswith(NATIVE_PREFIX)
-    authorization = _upstream_authorization(request)
+    authorization = upstream_authorization(request)
     channel = HttpChannel(request)
     note(forwarded=True)
     with request.app[IN_FLIGHT]:
@@ -121,7 +121,7 @@ async def pass_through(request: web.Request) -> web.StreamResponse:
             body=await read_body(request),
             native=native,
             authorization=authorization,
-            headers=_without_upstream_key(request, request.headers),
+            headers=without_upstream_key(request, request.headers),
         )
         try:
             await request.app[PASS_THROUGH].forward(forward, channel)

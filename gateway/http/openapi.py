@@ -61,11 +61,13 @@ def _operation(
     errors: tuple[int, ...] = (),
     body: str | None = None,
     api: bool = True,
+    responses_extra: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """An operation; ``api`` ones (under /v1) also answer 401/429 (keys, limits) and 403 (``?tenant=``)."""
     statuses = (*errors, 401, 403, 429, 431) if api else (*errors, 431)
-    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*statuses)}, **extra}
+    responses = {"200": ok, **_errors(*statuses), **(responses_extra or {})}
+    operation: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
     if body is not None:
         operation["requestBody"] = {"required": False, "content": {JSON: {"schema": _ref(body)}}}
     return operation
@@ -181,6 +183,49 @@ _SCHEMAS: dict[str, Any] = {
         {"code": {"type": "string"}, "message": {"type": "string"}, "request_id": {"type": "string"}},
         ("code", "message", "request_id"),
     ),
+    "ResponsesRequest": _object(
+        {
+            "model": {"type": "string"},
+            "input": {
+                "description": "A user message as a string, or a list of items (message, function_call, "
+                "function_call_output, reasoning)",
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+            },
+            "instructions": _NULLABLE_STRING,
+            "previous_response_id": _NULLABLE_STRING,
+            "conversation": {
+                "description": 'A conversation id (as X-Conversation-Id names it), or {"id": ...}',
+                "oneOf": [_CONVERSATION_ID, _object({"id": _CONVERSATION_ID}, ("id",))],
+                "nullable": True,
+            },
+            "store": {"type": "boolean", "default": True},
+            "stream": {"type": "boolean", "default": False},
+            "tools": {"type": "array", "items": {"type": "object"}, "description": "Function tools only"},
+            "truncation": {"type": "string", "enum": ["auto", "disabled"], "default": "disabled"},
+            "metadata": _ref("Metadata"),
+        },
+        extra=True,  # the rest of OpenAI's fields (tool_choice, text, reasoning, ...); unknown ones pass through
+    ),
+    "Response": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["response"]},
+            "created_at": {"type": "number"},
+            "status": {"type": "string"},
+            "model": _NULLABLE_STRING,
+            "output": {"type": "array", "items": {"type": "object"}},
+            "usage": {"type": "object", "nullable": True},
+            "previous_response_id": _NULLABLE_STRING,
+            "conversation": {"type": "object", "nullable": True},
+        },
+        ("id", "object", "created_at", "status", "output"),
+        extra=True,  # every request-side field, error, incomplete_details, ... as OpenAI's Response object has
+    ),
+    "ResponseDeleted": _object(
+        {"id": {"type": "string"}, "object": {"type": "string"}, "deleted": {"type": "boolean"}},
+        ("id", "object", "deleted"),
+    ),
+    "ResponseItem": _object({"id": {"type": "string"}, "type": {"type": "string"}}, ("id", "type"), extra=True),
     "Status": _object(
         {"status": {"type": "string"}, "database": {"type": "string"}, "detail": {"type": "string"}}, ("status",)
     ),
@@ -209,6 +254,8 @@ def _paths() -> dict[str, Any]:
         "description": "Admin keys only: act on this tenant's conversations",
     }
     in_path = [{"name": "conversation_id", "in": "path", "required": True, "schema": _CONVERSATION_ID}, tenant]
+    response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    response_missing = {"404": _json(_ref("Error"), "No such response (of this caller)")}
     chat_ok = {
         "description": "The upstream's reply: JSON, or server-sent events when the request asked to stream",
         "headers": {
@@ -288,6 +335,61 @@ def _paths() -> dict[str, Any]:
                     "default": _json(_ref("NativeError"), "A native error: code, message, request_id"),
                 },
             }
+        },
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI's Responses API over any chat model, its memory in the gateway's conversations: "
+                "previous_response_id continues (or, from an older response, forks) its conversation, conversation "
+                "names one, store false records nothing",
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ResponsesRequest")}}},
+                "responses": {
+                    "200": {
+                        "description": "A Response object, or Responses API server-sent events when streaming",
+                        "headers": {
+                            "X-Conversation-Id": {
+                                "schema": {"type": "string"},
+                                "description": "The conversation that holds the response",
+                            }
+                        },
+                        "content": {
+                            JSON: {"schema": _ref("Response")},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 401, 403, 413, 429, 431, 503),
+                    "409": _json(
+                        _ref("Error"),
+                        "The conversation moved on while the request waited (previous_response_not_latest), or a "
+                        "resent transcript differs from the stored one",
+                    ),
+                    "default": _json(_ref("Error"), "The upstream's error status, or 502/504 when it failed"),
+                },
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "parameters": [response_id],
+            "get": _operation(
+                "A stored response",
+                _json(_ref("Response"), "The response"),
+                errors=(400, 503),
+                responses_extra=response_missing,
+            ),
+            "delete": _operation(
+                "Delete a stored response (and, from its conversation's latest turn, that turn's messages)",
+                _json(_ref("ResponseDeleted"), "Deleted"),
+                errors=(400, 503),
+                responses_extra=response_missing,
+            ),
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "parameters": [response_id],
+            "get": _operation(
+                "The input items of a stored response",
+                _json(_list_of("ResponseItem"), "A page of items"),
+                errors=(400, 503),
+                parameters=_page_parameters("desc"),
+                responses_extra=response_missing,
+            ),
         },
         "/v1/conversations": {
             "parameters": [tenant],
@@ -378,7 +480,8 @@ def document(version: str) -> dict[str, Any]:
         "info": {
             "title": "Memory gateway",
             "version": version,
-            "description": "OpenAI-compatible chat completions with server-side memory, and the API to manage it. "
+            "description": "OpenAI-compatible chat completions and Responses API with server-side memory, and the "
+            "API to manage it. "
             "Every conversation belongs to the caller: in keys mode to the tenant of its gateway key, in open mode "
             "to its bearer credential.",
         },

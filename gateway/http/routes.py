@@ -1,5 +1,5 @@
 """The route table: which handler serves which method and path.  Handlers live beside it (chat, native,
-conversations, ops); none holds SQL or an upstream session."""
+responses, conversations, ops); none holds SQL or an upstream session."""
 
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ from gateway.http.conversations import (
     rewind_conversation,
 )
 from gateway.http.ops import healthz, metrics, openapi_handler, readyz
+from gateway.http.responses import create_response, delete_response, get_response, list_input_items
 from gateway.protocols.openai_chat import validate_conversation_id
 
 
 async def echo_conversation_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response to a request with a valid X-Conversation-Id carries it back."""
+    """Every response to a request with a valid X-Conversation-Id carries it back (unless it names the one it used
+    itself, as a Responses API call continuing another response does)."""
     header = request.headers.get(CONVERSATION_HEADER)
-    if header is None:
+    if header is None or CONVERSATION_HEADER in response.headers:  # a response names its own conversation
         return
     try:
         response.headers[CONVERSATION_HEADER] = validate_conversation_id(header)
@@ -34,6 +36,10 @@ async def echo_conversation_id(request: web.Request, response: web.StreamRespons
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", create_response)
+    app.router.add_get("/v1/responses/{response_id:.+}/input_items", list_input_items)
+    app.router.add_get("/v1/responses/{response_id:.+}", get_response)
+    app.router.add_delete("/v1/responses/{response_id:.+}", delete_response)
     app.router.add_get("/v1/conversations", list_conversations)
     app.router.add_post("/v1/conversations", create_conversation)
     # Ids may hold any printable character, "/" included (sent as %2F): match the rest of the path, and try the

@@ -12,6 +12,7 @@ from gateway.core.conversations import ConversationsService
 from gateway.core.lifecycle import Drain, InFlight
 from gateway.core.passthrough import PassThrough
 from gateway.core.ports import Storage
+from gateway.core.responses import ResponsesService
 from gateway.http.cors import CorsPolicy
 from gateway.http.heap import HeapTrimmer
 from gateway.observability.metrics import Metrics
@@ -34,5 +35,6 @@ HEAP = web.AppKey("heap", HeapTrimmer)
 MAX_HEADER_BYTES = web.AppKey("max_header_bytes", int)
 CHAT = web.AppKey("chat", ChatService)
 CONVERSATIONS = web.AppKey("conversations", ConversationsService)
+RESPONSES = web.AppKey("responses", ResponsesService)
 PASS_THROUGH = web.AppKey("pass_through", PassThrough)
 STORE = web.AppKey[Storage]("store")

@@ -43,7 +43,7 @@ async def test_the_document_names_exactly_the_routes_served(gateway: Gateway, ht
     for route in gateway.runner.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = str(info.get("path") or info.get("formatter"))
-        path = path.replace("{conversation_id:.+}", "{conversation_id}")
+        path = path.replace("{conversation_id:.+}", "{conversation_id}").replace("{response_id:.+}", "{response_id}")
         if route.method == "*":  # the pass-through
             routes.update((path, method) for method in FORWARDED_METHODS)
         elif route.method != "HEAD":  # aiohttp adds HEAD to every GET

@@ -82,7 +82,7 @@ async def test_the_native_prefix_goes_under_the_native_base_url(
 async def test_a_streamed_answer_is_relayed_as_it_comes(
     gateway: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(gateway.url + "/v1/responses/stream", json={"stream": True}) as resp:
+    async with http.post(gateway.url + "/v1/batches/stream", json={"stream": True}) as resp:
         assert resp.content_type == "text/event-stream"
         body = await resp.read()
     assert body == b'data: {"n": 0}\n\ndata: {"n": 1}\n\ndata: {"n": 2}\n\ndata: [DONE]\n\n'

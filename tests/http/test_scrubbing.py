@@ -262,7 +262,7 @@ async def test_a_pass_through_event_stream_with_the_key_split_across_chunks_is_s
 
     upstream.others_handler = handler
     with logs_searched() as logs:
-        async with http.post(keyed.url + "/v1/responses", json={"stream": True}) as resp:
+        async with http.post(keyed.url + "/v1/batches", json={"stream": True}) as resp:
             text = _clean(await resp.read())
         await _canonical_line(logs)
     assert text == b"".join(pieces).replace(KEY.encode(), b"*" * len(KEY))
@@ -282,7 +282,7 @@ async def test_a_gzip_compressed_pass_through_event_stream_is_scrubbed_and_sent_
     upstream.others_handler = handler
     async with (
         aiohttp.ClientSession(auto_decompress=False) as raw,
-        raw.post(keyed.url + "/v1/responses", json={"stream": True}, headers={"Accept-Encoding": "gzip"}) as resp,
+        raw.post(keyed.url + "/v1/batches", json={"stream": True}, headers={"Accept-Encoding": "gzip"}) as resp,
     ):
         assert "Content-Encoding" not in resp.headers
         assert _clean(await resp.read()) == event.replace(KEY.encode(), b"*" * len(KEY))

@@ -52,7 +52,8 @@ SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
     for order, op in (("asc", ">"), ("desc", "<"))
 }
 _SET_METADATA = "UPDATE conversations SET metadata_json = ? WHERE owner = ? AND external_id = ?"
-_DELETE_CONVERSATION = "DELETE FROM conversations WHERE owner = ? AND external_id = ?"  # messages: ON DELETE CASCADE
+# Messages, idempotent replies and responses go by ON DELETE CASCADE (the waiting connection enforces foreign keys).
+_DELETE_CONVERSATION = "DELETE FROM conversations WHERE owner = ? AND external_id = ?"
 _MESSAGE_SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
 
 _CREATE_CONVERSATION = """
@@ -197,7 +198,7 @@ class SqliteCatalog:
         return await self._store.write(_SET_METADATA, params, conversation=(owner, external_id)) > 0
 
     async def delete_conversation(self, owner: str, external_id: str) -> bool:
-        """Delete a conversation and (by cascade) every message of it; False when there was none."""
+        """Delete a conversation and (by cascade) every message and response of it; False when there was none."""
         changed = await self._store.write(_DELETE_CONVERSATION, (owner, external_id), conversation=(owner, external_id))
         return changed > 0
 

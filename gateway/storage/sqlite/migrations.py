@@ -201,6 +201,27 @@ async def m007_idempotent_replies(db: aiosqlite.Connection) -> None:
     )
 
 
+async def m008_responses(db: aiosqlite.Connection) -> None:
+    # A Responses API call recorded with the turn that answered it, in that turn's transaction: the reply's seq
+    # and the seq of the first message its request added (its input items run from there up to the reply), and
+    # the request-side fields of the Response object (JSON).  Found by its id (unique across owners; the owner is
+    # the conversation's); a cut (a rewind, a replacing turn) removes those whose reply it removes, through the
+    # UNIQUE index, which also serves the cascade when a conversation is deleted: one reply, one response.
+    await db.execute(
+        """
+        CREATE TABLE responses (
+            id              TEXT PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            first_seq       INTEGER NOT NULL,
+            reply_seq       INTEGER NOT NULL,
+            created_at      REAL NOT NULL,
+            request_json    TEXT NOT NULL,
+            UNIQUE (conversation_id, reply_seq)
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     m001_conversations_and_messages,
     m002_turn_writes,
@@ -209,6 +230,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m005_context_window,
     m006_history_bytes_and_deleted_conversations,
     m007_idempotent_replies,
+    m008_responses,
 )
 
 

@@ -1,13 +1,14 @@
 """ConversationStore: the connections to the SQLite database (WAL mode), turns, the history cache, checkpoints.
 
 The SQLite backend is this module with ``connections`` (opening the file), ``turns`` (a turn's SQL and row
-shapes), ``writer`` (the inline commits of turns, group commit included), ``catalog`` (the conversations API and
-CLI), ``keys`` (gateway keys) and ``migrations``; no other module holds SQL.  ``backend`` bundles them as a
-``core.ports.Storage``.
+shapes), ``responses`` (finding and deleting the Responses API calls turns record), ``writer`` (the inline commits
+of turns, group commit included), ``catalog`` (the conversations API and CLI), ``keys`` (gateway keys) and
+``migrations``; no other module holds SQL.  ``backend`` bundles them as a ``core.ports.Storage``.
 
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
 system messages), the last model, counters and timestamps; a *message* row per stored message holds the message
-JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage.
+JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage; a
+*response* row per Responses API call a turn answered names its reply's and first input's seq (``responses``).
 
 Two paths to the same file.  The *inline* path is a plain ``sqlite3`` connection used on the event loop with
 ``busy_timeout = 0``: it never waits for a lock, and in WAL mode with ``synchronous = NORMAL`` a read or a commit
@@ -44,15 +45,17 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from gateway.core.ports import ConversationDeleted, Memory, StorageFault, Turn
+from gateway.core.ports import ConversationDeleted, Memory, StorageFault, StoredResponse, Turn
 from gateway.errors import StorageUnavailable
 from gateway.storage.cache import HistoryCache
 from gateway.storage.sqlite.connections import open_connections
 from gateway.storage.sqlite.readiness import FileWatch, WriteWatch, is_busy
+from gateway.storage.sqlite.responses import delete_response, find_response
 from gateway.storage.sqlite.turns import (
     CONVERSATION_DELETED,
     FIND_REPLY,
     HISTORY_BYTES,
+    INLINE_READ_BYTES,
     LOAD,
     memory_from_rows,
     turn_params,
@@ -81,9 +84,6 @@ class Transaction:
         return list(await self._db.execute_fetchall(sql, params))
 
 
-# Histories larger than this (stored JSON bytes) are read off the event loop: ~1 ms of reading and parsing
-# on it at this size, where a 64 MB history would stall every request for a second.
-INLINE_READ_BYTES = 1 << 20
 # How often the background task folds the WAL back into the database file while there were writes.
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 # While a write failure is remembered, how often readiness tries a write again to see whether it has gone.
@@ -267,18 +267,16 @@ class ConversationStore:
 
     async def idempotent_reply(self, owner: str, external_id: str, key: str, since: float) -> tuple[str, bytes] | None:
         """The (request hash, body) kept under ``key`` for this conversation since ``since``, if any."""
-        params = (owner, external_id, key, since)
-        try:
-            try:
-                row = self._inline.execute(FIND_REPLY, params).fetchone()
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc):
-                    raise
-                rows = list(await self._waiting.execute_fetchall(FIND_REPLY, params))
-                row = rows[0] if rows else None
-        except sqlite3.Error as exc:
-            raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
-        return (row[0], bytes(row[1])) if row is not None else None
+        rows = await self.read_now(FIND_REPLY, (owner, external_id, key, since))
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
+
+    async def find_response(self, owner: str, response_id: str) -> StoredResponse | None:
+        """The response ``owner`` has under ``response_id``, with its reply and inputs (see ``responses``)."""
+        return await find_response(self, owner, response_id)
+
+    async def delete_response(self, owner: str, response_id: str) -> bool:
+        """Delete a response record, and its turn's messages when it is the latest (see ``responses``)."""
+        return await delete_response(self, owner, response_id)
 
     async def append_turn(self, turn: Turn) -> None:
         """Record a turn in one transaction, before the caller tells the client it is complete.
@@ -311,6 +309,20 @@ class ConversationStore:
             if isinstance(exc.__cause__, sqlite3.Error) and _is_deleted(exc.__cause__):
                 raise ConversationDeleted from exc.__cause__
             raise
+
+    async def read_now(self, sql: str, params: Any) -> list[Any]:
+        """A small read on the event loop (the inline connection), or on the waiting connection when another
+        process holds a lock that stands in the way."""
+        try:
+            try:
+                return self._inline.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+            async with self._write_lock:  # as ``read``
+                return list(await self._waiting.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
 
     # For the catalog and the keys: rare, possibly large reads and single-statement writes, on the waiting
     # connection's thread rather than on the event loop.

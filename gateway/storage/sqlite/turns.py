@@ -2,8 +2,9 @@
 loading a ``Memory``, and the mapping between rows and records, used by ``store`` and ``writer``.
 
 A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002), so it is stored whole or not at all;
-a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary in the
-same transaction.  Loading reads the conversation row (system prompt, window, summary) and its messages in one
+a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary, and one
+that answers a Responses API call records it (migration m008; read back by ``responses``), in the same
+transaction.  Loading reads the conversation row (system prompt, window, summary) and its messages in one
 statement.
 """
 
@@ -34,6 +35,12 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 # What the turn trigger raises for a turn whose conversation was deleted while it was in flight (migration m006).
 CONVERSATION_DELETED = "conversation_deleted"
 SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
+# Run after the turn's INSERT: its reply is then the conversation's last message, and its first message is as many
+# from the end as the turn stored (the second parameter: its messages and the reply).
+_RECORD_RESPONSE = """
+INSERT INTO responses (id, conversation_id, first_seq, reply_seq, created_at, request_json)
+SELECT ?, id, message_count - ?, message_count - 1, ?, ? FROM conversations WHERE owner = ? AND external_id = ?
+"""
 
 
 def _token_sum(path: str) -> str:
@@ -71,13 +78,24 @@ _FORGET_REPLIES = """
 DELETE FROM idempotent_replies
  WHERE conversation_id = (SELECT id FROM conversations WHERE owner = :owner AND external_id = :id)
 """
+# A response goes with its reply (its inputs lie before it: a cut that keeps the reply keeps them).
+_CUT_RESPONSES = """
+DELETE FROM responses
+ WHERE conversation_id = (SELECT id FROM conversations WHERE owner = :owner AND external_id = :id) AND reply_seq >= :seq
+"""
 
 
 def cut_statements(owner: str, external_id: str, seq: int, at: float | None) -> list[tuple[str, dict[str, Any]]]:
     """The statements, for one transaction, that remove a conversation's messages from ``seq`` on (a rewind, or a
     turn that replaces the end of history): the first one's row count is the number removed."""
     params = {"owner": owner, "id": external_id, "seq": seq, "at": at}
-    return [(_CUT_MESSAGES, params), (_RESET_WINDOW, params), (RECOUNT, params), (_FORGET_REPLIES, params)]
+    return [
+        (_CUT_MESSAGES, params),
+        (_RESET_WINDOW, params),
+        (RECOUNT, params),
+        (_FORGET_REPLIES, params),
+        (_CUT_RESPONSES, params),
+    ]
 
 
 _RECORD_REPLY = """
@@ -95,6 +113,9 @@ SELECT r.request_hash, r.body FROM idempotent_replies AS r JOIN conversations AS
 
 
 HISTORY_BYTES = "SELECT history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
+# Histories larger than this (stored JSON bytes) are read off the event loop: ~1 ms of reading and parsing
+# on it at this size, where a 64 MB history would stall every request for a second.
+INLINE_READ_BYTES = 1 << 20
 
 
 def memory_from_rows(rows: list[Any]) -> Memory:
@@ -117,8 +138,9 @@ def memory_from_rows(rows: list[Any]) -> Memory:
 
 
 def turn_params(turn: Turn) -> tuple[Any, ...]:
-    """``RECORD_TURN``'s parameters, and last (not a parameter: ``turn_statements`` leaves it out) the UTF-8 size
-    of the messages the turn stores, as ``history_bytes`` counts them."""
+    """``RECORD_TURN``'s parameters, then (not parameters of it: ``turn_statements`` leaves them out) the JSON of
+    the turn's response request fields (None without a response) and the UTF-8 size of the messages the turn
+    stores, as ``history_bytes`` counts them.  Everything is serialised here, before any write begins."""
     usage = turn.usage or {}
     encoded = [encode(m) for m in (*turn.messages, turn.reply)]
     bodies = [body.decode() for body in encoded]
@@ -135,6 +157,7 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         _count(usage.get("completion_tokens")),
         _count(cached_tokens(usage)),
         int(turn.existed),
+        dumps(turn.response.request) if turn.response is not None else None,
         sum(map(len, encoded)),
     )
 
@@ -146,11 +169,11 @@ def turn_size(params: tuple[Any, ...]) -> int:
 
 def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]]:
     """A turn's statements, for one transaction: the cut of what it replaces, its ``RECORD_TURN`` (``params``,
-    from ``turn_params``), and its window when that moved."""
+    from ``turn_params``), its window when that moved, its idempotent reply and its response, if any."""
     statements: list[tuple[str, Any]] = []
     if turn.replace_from is not None:
         statements += cut_statements(turn.owner, turn.external_id, turn.replace_from, None)
-    statements.append((RECORD_TURN, params[:-1]))
+    statements.append((RECORD_TURN, params[:-2]))
     if turn.window is not None:
         start, summary = turn.window
         summary_json = dumps(summary) if summary is not None else None
@@ -160,6 +183,11 @@ def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]
         key = (turn.owner, turn.external_id)
         statements.append((_EXPIRE_REPLIES, (*key, reply.expires_before)))
         statements.append((_RECORD_REPLY, (reply.key, reply.request_hash, params[2], reply.body, *key)))
+    response = turn.response
+    if response is not None:
+        added = len(turn.messages) + 1
+        values = (response.id, added, response.created_at, params[-2], turn.owner, turn.external_id)
+        statements.append((_RECORD_RESPONSE, values))
     return statements
 
 
