@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.conversation_items import ConversationItems, parse_items
 from gateway.core.history import split_system
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, NewMessage, StoredMessage
@@ -90,6 +91,9 @@ class ConversationsService:
         self._locks = locks
         self._max_messages = max_messages
         self._max_history_bytes = max_history_bytes
+        self.items = ConversationItems(
+            catalog, locks, self._existing, max_messages=max_messages, max_history_bytes=max_history_bytes
+        )
 
     async def list(self, owner: str, page: PageRequest) -> dict[str, Any]:
         cursor = None
@@ -114,12 +118,16 @@ class ConversationsService:
         return _list([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
 
     async def set_metadata(self, owner: str, conversation_id: str, body: Any) -> dict[str, Any]:
-        """PATCH: replace the metadata (the whole object, as OpenAI's conversations API does)."""
+        """PATCH (or OpenAI's POST): replace the metadata (the whole object, as OpenAI's conversations API does)."""
         metadata = parse_metadata(body.get("metadata") if isinstance(body, dict) else None)
         async with self._locks.hold((owner, conversation_id)):
             if not await self._catalog.set_metadata(owner, conversation_id, metadata):
                 raise _not_found(conversation_id)
             return conversation_object(await self._existing(owner, conversation_id))
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> dict[str, Any]:
+        """Delete an item's message (OpenAI's items API); the conversation as it is then."""
+        return conversation_object(await self.items.delete(owner, conversation_id, item_id))
 
     async def delete(self, owner: str, conversation_id: str) -> dict[str, Any]:
         async with self._locks.hold((owner, conversation_id)):
@@ -128,12 +136,20 @@ class ConversationsService:
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
     async def create(self, owner: str, body: Any) -> dict[str, Any]:
-        """A new conversation with optional ``id``, ``metadata`` and initial ``messages`` (whose leading system
-        messages become its system prompt, as in a chat turn)."""
-        fields = _fields(body, ("id", "metadata", "messages"))
+        """A new conversation with optional ``id``, ``metadata`` and initial ``messages``, or OpenAI's ``items``
+        (Responses input items, translated to messages), whose leading system messages become its system prompt,
+        as in a chat turn."""
+        fields = _fields(body, ("id", "metadata", "messages", "items"))
         conversation_id = _optional_id(fields, "id")
-        metadata = parse_metadata(fields.get("metadata", {}))
-        messages = validate_messages(fields.get("messages", []), allow_empty=True)
+        metadata = parse_metadata(fields.get("metadata") or {})
+        if fields.get("messages") is not None and fields.get("items") is not None:
+            raise InvalidRequest(
+                "Give either 'messages' or 'items', not both.", code="mutually_exclusive_parameters", param="items"
+            )
+        if fields.get("items") is not None:
+            messages = parse_items(fields["items"])
+        else:
+            messages = validate_messages(fields.get("messages") or [], allow_empty=True)
         # The limits of a chat request apply to what a conversation may be created with.
         if self._max_messages is not None and len(messages) > self._max_messages:
             raise InvalidRequest(

@@ -136,6 +136,20 @@ class Catalog(Protocol):
         (nothing changed) when the conversation holds fewer user messages."""
         ...
 
+    async def append_messages(
+        self, conversation: ConversationInfo, messages: Sequence[NewMessage], at: float, *, max_bytes: int | None
+    ) -> list[StoredMessage] | None:
+        """Append ``messages`` after the conversation's last one (activity time ``at``, counters recounted) and
+        return them as stored; None, and nothing written, when the history would then hold more than ``max_bytes``
+        bytes of message JSON; an empty list when the conversation is gone."""
+        ...
+
+    async def delete_message(self, conversation: ConversationInfo, message_row_id: int) -> bool:
+        """Delete one message by its row id, wherever it is: later messages move up one ``seq``, a response whose
+        inputs or reply held it goes, the context window restarts when it began after it, counters, size and
+        token totals are recounted (activity time kept).  False, and nothing changed, when there is no such one."""
+        ...
+
     async def fork(
         self, source: ConversationInfo, new_id: str, *, last_seq: int, metadata: dict[str, str], at: float
     ) -> bool:

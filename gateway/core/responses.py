@@ -8,6 +8,14 @@ appends; from an older one it forks (a new conversation holding the history up t
 conversations API's fork does), so a chain never silently loses or mixes turns.  ``conversation`` names a
 conversation as ``X-Conversation-Id`` does.  Every call is scoped to the caller's owner: another owner's response
 gets exactly the same answer as one that does not exist.  Knows no SQL and no HTTP server types.
+
+``item_reference`` input items are looked up here (``resolve_references``): an output item id
+(``msg_<hex>_<n>``, ``fc_<hex>_<n>``, ``rs_<hex>_<n>``) names the owner's stored response ``resp_<hex>``, whose
+output items are rebuilt as ``GET`` gives them; an input item id (``msg_<row>``, ``fc_<row>_<n>``, ... as
+``input_items`` and the Conversations items API give them out) names a stored message of the conversation the
+request continues (``previous_response_id``'s or ``conversation``'s), and only of that one.  (Output items are
+numbered as ``GET`` lists them; a stream numbers them as their parts came, the same for replies whose parts come
+as reasoning, text, calls: an upstream that interleaved them otherwise named items a reference will not find.)
 """
 
 from __future__ import annotations
@@ -17,12 +25,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.conversation_items import item_row
 from gateway.core.conversations import PageRequest, new_conversation_id
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, StoredResponse, TurnStore
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.protocols.openai_chat import validate_conversation_id
-from gateway.protocols.openai_responses import items_from_messages, response_from_stored
+from gateway.protocols.openai_responses import (
+    ResponsesRequest,
+    items_from_messages,
+    response_from_stored,
+    response_of_item,
+    with_referenced_items,
+)
 
 
 def new_response_id() -> str:
@@ -70,6 +85,53 @@ class ResponsesService:
             # reads only its first ``length`` messages): no fork needed.
             return Continuation(found.conversation_id, length)
         return Continuation(await self._fork(owner, previous_response_id, found), length)
+
+    async def resolve_references(
+        self, owner: str, req: ResponsesRequest, *, conversation: str | None
+    ) -> ResponsesRequest:
+        """The request with its ``item_reference`` items replaced by the owner's items they name (see the module
+        docstring; ``conversation`` is the one the request names, by its field or the header); 400
+        ``item_not_found`` naming ``input[i]`` for an id that names none of the owner's, unknown or another
+        owner's alike.  One lookup per response referenced, and one read of the continued conversation for all
+        the input item ids."""
+        if not req.references:
+            return req
+        outputs: dict[str, list[dict[str, Any]]] = {}  # response id -> its output items ([] for none of the owner's)
+        inputs: dict[str, dict[str, Any]] | None = None  # the continued conversation's items by id, once read
+        found: dict[str, dict[str, Any]] = {}
+        for ref in req.references:
+            response_id = response_of_item(ref.id)
+            if response_id is not None:
+                if response_id not in outputs:
+                    stored = await self._store.find_response(owner, response_id)
+                    outputs[response_id] = (
+                        [] if stored is None else response_from_stored(**_stored_fields(stored))["output"]
+                    )
+                item = next((i for i in outputs[response_id] if i.get("id") == ref.id), None)
+            elif item_row(ref.id) is not None:
+                if inputs is None:
+                    inputs = await self._conversation_items(owner, req.previous_response_id, conversation)
+                item = inputs.get(ref.id)
+            else:
+                item = None
+            if item is not None:
+                found[ref.id] = item
+        return with_referenced_items(req, found)  # raises for the first reference not found
+
+    async def _conversation_items(
+        self, owner: str, previous_response_id: str | None, conversation: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """The items of the owner's conversation a request continues, as stored before it runs, by id."""
+        if previous_response_id is not None:
+            previous = await self._store.find_response(owner, previous_response_id)
+            if previous is None:
+                raise _previous_not_found(previous_response_id)  # what the request would be told anyway
+            conversation = previous.conversation_id
+        info = None if conversation is None else await self._catalog.get_conversation(owner, conversation)
+        if info is None:
+            return {}
+        messages = await self._catalog.export_messages(info)
+        return {item["id"]: item for item in items_from_messages((m.row_id, m.body) for m in messages)}
 
     async def _fork(self, owner: str, response_id: str, found: StoredResponse) -> str:
         """A new conversation holding ``found``'s conversation up to and including its reply."""

@@ -49,6 +49,26 @@ async def fork_conversation(request: web.Request) -> web.Response:
     return _json(await request.app[CONVERSATIONS].fork(_owner(request), _path_id(request), body))
 
 
+async def list_items(request: web.Request) -> web.Response:
+    page = parse_page(request.query, default_order="desc")  # ``include`` is taken and ignored
+    return _json(await request.app[CONVERSATIONS].items.list(_owner(request), _path_id(request), page))
+
+
+async def create_items(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return _json(await request.app[CONVERSATIONS].items.add(_owner(request), _path_id(request), body))
+
+
+async def get_item(request: web.Request) -> web.Response:
+    owner, conversation_id = _owner(request), _path_id(request)
+    return _json(await request.app[CONVERSATIONS].items.get(owner, conversation_id, request.match_info["item_id"]))
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    owner, conversation_id = _owner(request), _path_id(request)
+    return _json(await request.app[CONVERSATIONS].delete_item(owner, conversation_id, request.match_info["item_id"]))
+
+
 async def delete_conversation(request: web.Request) -> web.Response:
     return _json(await request.app[CONVERSATIONS].delete(_owner(request), _path_id(request)))
 

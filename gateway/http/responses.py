@@ -134,14 +134,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 async def _create(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request)
     parsed = parse_responses_request(raw)
-    body = parse_chat_body(
-        encode(chat_body(parsed, stream=parsed.stream)), max_messages=request.app[CONFIG].max_messages
-    )
     owner = request[PRINCIPAL].owner
     conversation = parsed.conversation
     header = request.headers.get(CONVERSATION_HEADER)
     if conversation is None and parsed.previous_response_id is None and header is not None:
         conversation = validate_conversation_id(header)  # the same conversation the chat path's header names
+    # item_reference input items become the owner's items they name, as if the client had sent them.
+    parsed = await request.app[RESPONSES].resolve_references(owner, parsed, conversation=conversation)
+    body = parse_chat_body(
+        encode(chat_body(parsed, stream=parsed.stream)), max_messages=request.app[CONFIG].max_messages
+    )
     response_id, created_at = new_response_id(), time.time()
     fields = request_fields(parsed)
     note(protocol="responses", response_id=response_id, model=body.model, stream=body.stream)

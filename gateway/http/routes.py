@@ -9,10 +9,14 @@ from gateway.errors import InvalidRequest
 from gateway.http.chat import CONVERSATION_HEADER, chat_completions, pass_through
 from gateway.http.conversations import (
     create_conversation,
+    create_items,
     delete_conversation,
+    delete_item,
     fork_conversation,
     get_conversation,
+    get_item,
     list_conversations,
+    list_items,
     list_messages,
     patch_conversation,
     rewind_conversation,
@@ -43,12 +47,17 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/conversations", list_conversations)
     app.router.add_post("/v1/conversations", create_conversation)
     # Ids may hold any printable character, "/" included (sent as %2F): match the rest of the path, and try the
-    # /messages route first.
+    # /messages and /items routes first.  An item id holds no "/" (msg_12, fc_12_0): the last segment is it.
     app.router.add_get("/v1/conversations/{conversation_id:.+}/messages", list_messages)
+    app.router.add_get("/v1/conversations/{conversation_id:.+}/items", list_items)
+    app.router.add_post("/v1/conversations/{conversation_id:.+}/items", create_items)
+    app.router.add_get("/v1/conversations/{conversation_id:.+}/items/{item_id}", get_item)
+    app.router.add_delete("/v1/conversations/{conversation_id:.+}/items/{item_id}", delete_item)
     app.router.add_post("/v1/conversations/{conversation_id:.+}/rewind", rewind_conversation)
     app.router.add_post("/v1/conversations/{conversation_id:.+}/fork", fork_conversation)
     app.router.add_get("/v1/conversations/{conversation_id:.+}", get_conversation)
     app.router.add_patch("/v1/conversations/{conversation_id:.+}", patch_conversation)
+    app.router.add_post("/v1/conversations/{conversation_id:.+}", patch_conversation)  # OpenAI's form of PATCH
     app.router.add_delete("/v1/conversations/{conversation_id:.+}", delete_conversation)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -6,7 +6,9 @@ items back into chat messages and resends.
 
 On its default model (the Responses API, ``POST /v1/responses``), with its default client pointed at the gateway
 (``set_default_openai_client``): turns chained with ``previous_response_id=result.last_response_id``, the gateway
-holding the history, and a function tool whose call and output go through the gateway as Responses items."""
+holding the history, and a function tool whose call and output go through the gateway as Responses items; and
+with ``OpenAIConversationsSession``, the SDK keeping the history in a gateway conversation through OpenAI's
+Conversations items API (``conversations.create``, ``items.list``, ``items.create``, ``items.delete``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from agents import (
     Agent,
     OpenAIChatCompletionsModel,
+    OpenAIConversationsSession,
     OpenAIResponsesModel,
     Runner,
     function_tool,
@@ -173,3 +176,47 @@ async def test_agents_responses_model_streams_a_tool_loop_within_a_previous_resp
         "tool",
     ]
     assert _history(upstream)[1:3] == [("user", "Hello", (), None), ("assistant", "reply 1", (), None)]
+
+
+async def test_agents_openai_conversations_session_keeps_the_history_in_a_gateway_conversation(
+    gateway: Gateway, upstream: FakeUpstream, default_client: None
+) -> None:
+    """The session reads the conversation's items before each run (sending them whole as the input) and appends
+    the run's new items after it; ``pop_item`` deletes the newest item."""
+    upstream.script(Script(), Script(tool_calls=[WEATHER_CALL]))
+    CALLS.clear()
+    session = OpenAIConversationsSession()
+    agent = Agent(name="Weather", instructions="Answer with the weather.", tools=[get_weather])
+    result = await Runner.run(agent, "Hello", session=session)
+    assert result.final_output == "reply 1"
+    result = await Runner.run(agent, "What's the weather in Hangzhou?", session=session)
+    assert CALLS == [("杭州", "celsius")] and result.final_output == "reply 3"
+    result = await Runner.run(agent, "Thanks", session=session)
+    assert result.final_output == "reply 4"
+    assert _history(upstream) == [
+        ("system", "Answer with the weather.", (), None),
+        ("user", "Hello", (), None),
+        ("assistant", "reply 1", (), None),
+        ("user", "What's the weather in Hangzhou?", (), None),
+        ("assistant", "", (("call_1", "get_weather", '{"city": "杭州", "unit": "celsius"}'),), None),
+        ("tool", "24 degrees celsius in 杭州, sunny", (), "call_1"),
+        ("assistant", "reply 3", (), None),
+        ("user", "Thanks", (), None),
+    ]
+    # The gateway's conversation holds the session: the same messages, the reply to the last turn included.
+    client = gateway.sdk(api_key="sk-agents")
+    stored = [item async for item in client.conversations.items.list(session.session_id, order="asc")]
+    assert [item.type for item in stored] == [
+        "message",
+        "message",
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+        "message",
+        "message",
+    ]
+    assert len(await session.get_items()) == 8
+    popped = await session.pop_item()
+    assert popped is not None and popped["id"] == stored[-1].id
+    assert [item["id"] for item in await session.get_items(limit=2)] == [stored[-3].id, stored[-2].id]

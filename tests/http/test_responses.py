@@ -1,7 +1,7 @@
 """OpenAI's Responses API, with the real ``openai`` SDK's ``client.responses.*`` as the client, against the real app
 and the fake upstream: memory through ``previous_response_id`` (appending, or forking from an older response),
 ``conversation`` (shared with the chat completions path), ``store``, streaming (the SDK's own accumulation of our
-events), retrieve, input items, delete, function tools, owners, and failures mid-stream."""
+events), retrieve, input items, delete, function tools, item references, owners, and failures mid-stream."""
 
 from __future__ import annotations
 
@@ -476,3 +476,162 @@ async def test_routes_under_v1_responses_that_the_gateway_does_not_serve_are_not
     async with http.put(gateway.url + "/v1/responses", headers=headers) as resp:
         assert resp.status == 405
     assert upstream.others == [] and upstream.requests == []
+
+
+# --- item_reference -----------------------------------------------------------------------------------------
+
+TEXT_AND_CALL = Script(content="Let me check.", tool_calls=[WEATHER_CALL])
+
+
+def _output_of(tool_result: str = "24 degrees, sunny") -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": "call_1", "output": tool_result}
+
+
+async def _text_and_call(client: openai.AsyncOpenAI, *, stream: bool, **fields: Any) -> openai.types.responses.Response:
+    """A response whose model says something, then calls the tool: output [message, function_call]."""
+    create: dict[str, Any] = {"model": "qwen-plus", "tools": [WEATHER_TOOL], **fields}
+    if not stream:
+        return await client.responses.create(**create)
+    async with client.responses.stream(**create) as events:
+        async for _ in events:
+            pass
+        return await events.get_final_response()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_item_references_resend_a_tool_step_as_the_items_themselves(
+    gateway: Gateway, upstream: FakeUpstream, stream: bool
+) -> None:
+    """The AI SDK's tool step (store true): its input again, the model's text as an item_reference, the call as an
+    id-only reference (OpenAI's other form) and the tool's output, with no previous_response_id."""
+    upstream.script(TEXT_AND_CALL)
+    client = gateway.sdk()
+    first = await _text_and_call(client, stream=stream, input="Weather in Hangzhou?")
+    message, call = first.output
+    assert (message.type, call.type) == ("message", "function_call")
+    second = await client.responses.create(
+        model="qwen-plus",
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": "Weather in Hangzhou?"},
+            {"type": "item_reference", "id": message.id},
+            {"id": call.id},  # type: ignore[typeddict-item]
+            _output_of(),  # type: ignore[list-item]
+        ],
+    )
+    assert second.output_text == "reply 2"
+    expected = [
+        {"role": "user", "content": "Weather in Hangzhou?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [WEATHER_CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "24 degrees, sunny"},
+    ]
+    assert upstream.last["messages"] == expected
+    # Its new conversation holds the items as if sent, and its input items list them so.
+    assert second.conversation is not None
+    assert await stored(gateway, second.conversation.id) == [*expected, {"role": "assistant", "content": "reply 2"}]
+    items = (await client.responses.input_items.list(second.id, order="asc")).data
+    assert [i.type for i in items] == ["message", "message", "function_call", "function_call_output"]
+
+
+async def test_item_references_in_a_conversation_are_recognised_as_its_history(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    """Referenced items that repeat what the conversation holds are resent history, not new messages."""
+    upstream.script(TEXT_AND_CALL)
+    client = gateway.sdk()
+    first = await _text_and_call(client, stream=False, input="Weather in Hangzhou?", conversation="refs-1")
+    message, call = first.output
+    await client.responses.create(
+        model="qwen-plus",
+        conversation="refs-1",
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": "Weather in Hangzhou?"},
+            {"type": "item_reference", "id": message.id},
+            {"type": "item_reference", "id": call.id},
+            _output_of(),  # type: ignore[list-item]
+        ],
+    )
+    assert [m["role"] for m in upstream.last["messages"]] == ["user", "assistant", "tool"]
+    assert [m["role"] for m in await stored(gateway, "refs-1")] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_item_references_with_previous_response_id_to_a_later_response_and_input_items(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    """The AI SDK's second turn: previous_response_id names the last turn's response, the input resends this turn's
+    first step by reference, a response after it; the user message is referenced by its input item id too."""
+    client = gateway.sdk()
+    first = await client.responses.create(model="qwen-plus", input="Hi")
+    upstream.script(TEXT_AND_CALL)
+    step = await _text_and_call(client, stream=False, input="Weather in Hangzhou?", previous_response_id=first.id)
+    message, call = step.output
+    (asked,) = (await client.responses.input_items.list(step.id)).data
+    assert asked.id is not None and asked.id.startswith("msg_")
+    second = await client.responses.create(
+        model="qwen-plus",
+        previous_response_id=first.id,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        input=[
+            {"type": "item_reference", "id": asked.id},  # an input item of the conversation first continues
+            {"type": "item_reference", "id": message.id},
+            {"type": "item_reference", "id": call.id},
+            _output_of(),  # type: ignore[list-item]
+        ],
+    )
+    assert upstream.last["messages"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "reply 1"},
+        {"role": "user", "content": "Weather in Hangzhou?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [WEATHER_CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "24 degrees, sunny"},
+    ]
+    # From a response that is no longer the latest: a fork, as ever; the step's chain is untouched.
+    assert second.conversation is not None and first.conversation is not None
+    assert second.conversation.id != first.conversation.id
+    assert len(await stored(gateway, first.conversation.id)) == 4
+
+
+async def test_an_item_reference_to_another_owners_item_is_exactly_as_unknown(
+    gateway: Gateway, upstream: FakeUpstream
+) -> None:
+    upstream.script(TEXT_AND_CALL)
+    mine = gateway.sdk()
+    first = await _text_and_call(mine, stream=False, input="Weather?", conversation="refs-mine")
+    (asked,) = (await mine.responses.input_items.list(first.id)).data
+    assert asked.id is not None
+    other = gateway.sdk(api_key="sk-someone-else")
+    requests = len(upstream.requests)
+    bodies = []
+    unknown = ["msg_" + "0" * 32 + "_0", first.output[0].id[:-1] + "7", "msg_999999", "msg_x", "resp_1", "fc_1_x"]
+    for client, item_id in [
+        (other, first.output[0].id),
+        (other, first.output[1].id),
+        (other, asked.id),  # mine, even naming my conversation: the other owner has no such one
+        *[(mine, i) for i in unknown],
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.responses.create(
+                model="qwen-plus",
+                conversation="refs-mine",
+                input=[{"role": "user", "content": "hi"}, {"type": "item_reference", "id": item_id}],
+            )
+        assert raised.value.body["message"] == f"Item with id '{item_id}' not found.", item_id  # type: ignore[index]
+        bodies.append({**raised.value.body, "message": "ID"})  # type: ignore[dict-item]
+    assert bodies == [
+        {"message": "ID", "type": "invalid_request_error", "param": "input[1]", "code": "item_not_found"}
+    ] * len(bodies)
+    assert len(upstream.requests) == requests  # refused before any upstream call, nothing recorded
+    assert len(await stored(gateway, "refs-mine")) == 2
+    # The owner's own reference works, the same conversation named; with an unknown previous response, an input
+    # item id is not looked for: the answer is that response's.
+    await mine.responses.create(
+        model="qwen-plus", conversation="refs-mine", input=[{"type": "item_reference", "id": asked.id}]
+    )
+    with pytest.raises(openai.BadRequestError) as raised:
+        await mine.responses.create(
+            model="qwen-plus",
+            previous_response_id="resp_" + "0" * 32,
+            input=[{"type": "item_reference", "id": asked.id}],
+        )
+    assert (raised.value.code, raised.value.param) == ("previous_response_not_found", "previous_response_id")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.core.keys import KeyRing, hash_key
-from gateway.core.ports import IdempotentReply, NewMessage, Storage, StoredMessage
+from gateway.core.ports import IdempotentReply, NewMessage, ResponseRecord, Storage, StoredMessage
 from gateway.protocols.openai_chat import encode
 from tests.storage.conftest import CREATED, Backend, existing, info, load, soon, texts, turn, user
 
@@ -313,3 +313,91 @@ async def test_edits_of_one_owners_conversation_leave_another_owners_alone(stora
     b = await existing(storage, "owner-b", "same")
     assert (b.message_count, b.metadata, b.prompt_tokens) == (2, {}, 1)
     assert texts_of(await storage.catalog.export_messages(b)) == ["q owner-b", "re: q owner-b"]
+
+
+async def test_append_messages_adds_after_the_last_one_and_refuses_past_max_bytes(
+    storage: Storage, second: Storage
+) -> None:
+    await storage.turns.append_turn(turn("q1", usage={"prompt_tokens": 4}))
+    conversation = await existing(storage, "owner-a", "c")
+    await storage.turns.load("owner-a", "c")  # cached, then appended to
+    added = [NewMessage(user("q2"), 2e9), NewMessage({"role": "assistant", "content": "a2"}, 2e9)]
+    stored = await storage.catalog.append_messages(conversation, added, 2e9, max_bytes=None)
+    assert stored is not None
+    assert [(m.seq, m.body, m.created_at) for m in stored] == [(2, user("q2"), 2e9), (3, added[1].body, 2e9)]
+    after = await existing(storage, "owner-a", "c")
+    assert (after.message_count, after.prompt_tokens, after.updated_at) == (4, 4, 2e9)
+    memory = await load(storage, second, "owner-a", "c")
+    assert texts(memory) == ["q1", "re: q1", "q2", "a2"]
+    assert [m.row_id for m in await storage.catalog.export_messages(after)][2:] == [m.row_id for m in stored]
+
+    size = memory.size
+    too_big = [NewMessage(user("x" * 10), 3e9)]
+    assert await storage.catalog.append_messages(after, too_big, 3e9, max_bytes=size + 5) is None
+    assert await existing(storage, "owner-a", "c") == after  # nothing written
+    fits = await storage.catalog.append_messages(after, too_big, 3e9, max_bytes=size + 100)
+    assert fits is not None and fits[0].seq == 4
+    await storage.catalog.delete_conversation("owner-a", "c")
+    assert await storage.catalog.append_messages(after, too_big, 4e9, max_bytes=None) == []
+
+
+async def test_delete_message_closes_the_gap_recounts_and_drops_what_held_it(storage: Storage, second: Storage) -> None:
+    summary = {"role": "system", "content": "Earlier: q1."}
+    await storage.turns.append_turn(
+        turn("q1", usage={"prompt_tokens": 1, "completion_tokens": 2}, response=ResponseRecord("resp_1", 1.0, {}))
+    )
+    await storage.turns.append_turn(
+        turn("q2", existed=True, usage={"prompt_tokens": 10}, response=ResponseRecord("resp_2", 2.0, {}))
+    )
+    await storage.turns.append_turn(
+        turn(
+            "q3",
+            existed=True,
+            usage={"prompt_tokens": 100},
+            window=(4, summary),
+            response=ResponseRecord("resp_3", 3.0, {}),
+        )
+    )
+    conversation = await existing(storage, "owner-a", "c")
+    await storage.turns.load("owner-a", "c")  # cached, then edited
+    rows = [m.row_id for m in await storage.catalog.export_messages(conversation)]
+    assert not await storage.catalog.delete_message(conversation, max(rows) + 1)
+    assert await existing(storage, "owner-a", "c") == conversation
+
+    # "re: q2" (seq 3): the second response goes with its reply; the third moves up with its messages.
+    assert await storage.catalog.delete_message(conversation, rows[3])
+    after = await existing(storage, "owner-a", "c")
+    assert (after.message_count, after.prompt_tokens, after.completion_tokens) == (5, 101, 2)
+    assert after.updated_at == conversation.updated_at  # an edit, not activity
+    memory = await load(storage, second, "owner-a", "c")
+    assert texts(memory) == ["q1", "re: q1", "q2", "q3", "re: q3"]
+    assert (memory.window_start, memory.summary) == (0, None)  # the window began after the cut: reset
+    exported = await storage.catalog.export_messages(after)
+    assert [m.seq for m in exported] == [0, 1, 2, 3, 4]
+    assert [m.row_id for m in exported] == rows[:3] + rows[4:]  # ids kept
+    assert await storage.turns.find_response("owner-a", "resp_2") is None
+    third = await storage.turns.find_response("owner-a", "resp_3")
+    assert third is not None and third.latest
+    assert (third.reply.row_id, [m.row_id for m in third.inputs]) == (rows[5], [rows[4]])
+    first = await storage.turns.find_response("owner-a", "resp_1")
+    assert first is not None and [m.body for m in first.inputs] == [user("q1")]
+
+    # An input of the third (seq 3, "q3"): it goes, and so does the response it was part of.
+    assert await storage.catalog.delete_message(after, rows[4])
+    assert await storage.turns.find_response("owner-a", "resp_3") is None
+    memory = await load(storage, second, "owner-a", "c")
+    assert texts(memory) == ["q1", "re: q1", "q2", "re: q3"]
+    assert (await existing(storage, "owner-a", "c")).prompt_tokens == 101
+
+
+async def test_delete_message_keeps_a_window_that_began_before_it(storage: Storage, second: Storage) -> None:
+    summary = {"role": "system", "content": "Earlier: q1."}
+    await storage.turns.append_turn(turn("q1"))
+    await storage.turns.append_turn(turn("q2", existed=True, window=(2, summary)))
+    conversation = await existing(storage, "owner-a", "c")
+    rows = [m.row_id for m in await storage.catalog.export_messages(conversation)]
+    assert await storage.catalog.delete_message(conversation, rows[3])
+    memory = await load(storage, second, "owner-a", "c")
+    assert (texts(memory), memory.window_start, memory.summary) == (["q1", "re: q1", "q2"], 2, summary)
+    other = await storage.catalog.get_conversation("owner-b", "c")
+    assert other is None

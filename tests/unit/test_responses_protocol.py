@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from gateway.errors import InvalidRequest
 from gateway.protocols.openai_responses import (
+    ItemReference,
     ResponsesRequest,
     ResponsesStream,
     chat_body,
@@ -27,7 +28,9 @@ from gateway.protocols.openai_responses import (
     response_from_completion,
     response_from_stored,
     response_object,
+    response_of_item,
     response_usage,
+    with_referenced_items,
 )
 from gateway.protocols.sse import ReplyAssembler
 
@@ -337,13 +340,16 @@ def test_conversation_forms() -> None:
                 "input": [
                     {"role": "user", "content": "a"},
                     {"role": "user", "content": "b"},
-                    {"type": "item_reference", "id": "msg_1"},
+                    {"type": "item_reference"},
                 ],
             },
-            "unsupported_value",
-            "input[2].type",
+            "missing_required_parameter",
+            "input[2].id",
         ),
-        ({"model": "m", "input": [{"id": "msg_1"}]}, "unsupported_value", "input[0].type"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": 5}]}, "invalid_type", "input[0].id"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": ""}]}, "invalid_value", "input[0].id"),
+        ({"model": "m", "input": [{"id": None}]}, "missing_required_parameter", "input[0].id"),
+        ({"model": "m", "input": [{"id": ["msg_1"]}]}, "invalid_type", "input[0].id"),
         ({"model": "m", "input": [{"type": "computer_call_output"}]}, "unsupported_value", "input[0].type"),
         ({"model": "m", "input": [{"content": "x"}]}, "missing_required_parameter", "input[0].type"),
         (
@@ -415,6 +421,165 @@ def test_bad_json_and_non_objects() -> None:
     for raw in (b"{", b"[]", b'"x"', b"null"):
         with pytest.raises(InvalidRequest):
             parse_responses_request(raw)
+
+
+# --- item references ----------------------------------------------------------------------------------------
+
+HEX = RESP_ID.removeprefix("resp_")
+TEXT_AND_CALL = {
+    "role": "assistant",
+    "content": "Let me check.",
+    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"c":1}'}}],
+}
+
+
+def output_of(reply: dict[str, Any], response_id: str = RESP_ID) -> list[dict[str, Any]]:
+    fields = request_fields(parse({"model": "m"}))
+    obj = response_object(
+        id=response_id,
+        created_at=CREATED,
+        request=fields,
+        reply=reply,
+        usage=None,
+        status="completed",
+        conversation_id=None,
+    )
+    output: list[dict[str, Any]] = obj["output"]
+    return output
+
+
+def test_item_references_are_kept_as_placeholders() -> None:
+    req = parse(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "Weather?"},
+                {"type": "item_reference", "id": f"msg_{HEX}_0"},
+                {"id": f"fc_{HEX}_1"},  # OpenAI's bare form: an id, no type, no role
+                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            ],
+        }
+    )
+    assert req.references == (ItemReference(1, f"msg_{HEX}_0"), ItemReference(2, f"fc_{HEX}_1"))
+    # Unresolved, the request will not pretend they are not there: no messages, no chat body.
+    for read in (lambda: req.messages, lambda: chat_body(req, stream=False)):
+        with pytest.raises(InvalidRequest) as caught:
+            read()
+        assert (caught.value.code, caught.value.param) == ("unsupported_value", "input[1].type")
+    # An item with an id and a role is a message, not a reference.
+    sent = parse({"model": "m", "input": [{"id": "msg_1", "role": "user", "content": "hi"}]})
+    assert sent.references == () and sent.messages == [{"role": "user", "content": "hi"}]
+
+
+def test_referenced_items_translate_as_if_they_were_sent() -> None:
+    """A referenced text and the call after it make one assistant message, exactly as the items sent in full."""
+    output = output_of(TEXT_AND_CALL)
+    assert [item["id"] for item in output] == [f"msg_{HEX}_0", f"fc_{HEX}_1"]
+    tail = [{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
+    req = parse(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "Weather?"},
+                {"type": "item_reference", "id": f"msg_{HEX}_0"},
+                {"type": "item_reference", "id": f"fc_{HEX}_1"},
+                *tail,
+            ],
+        }
+    )
+    resolved = with_referenced_items(req, {item["id"]: item for item in output})
+    sent = parse({"model": "m", "input": [{"role": "user", "content": "Weather?"}, *output, *tail]})
+    assert resolved.references == ()
+    assert resolved.input == sent.input
+    assert (
+        resolved.messages
+        == sent.messages
+        == [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "Let me check.", "tool_calls": TEXT_AND_CALL["tool_calls"]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ]
+    )
+    assert chat_body(resolved, stream=False)["messages"] == sent.messages
+    # The found items are copied, not shared with the request.
+    resolved.input[1]["content"][0]["text"] = "changed"
+    assert output[0]["content"][0]["text"] == "Let me check."
+    # A referenced call alone, after a message sent in full, joins it all the same.
+    mixed = parse(
+        {
+            "model": "m",
+            "input": [{"role": "assistant", "content": "Let me check."}, {"id": f"fc_{HEX}_1"}],
+        }
+    )
+    assert with_referenced_items(mixed, {output[1]["id"]: output[1]}).messages == [TEXT_AND_CALL]
+
+
+def test_referenced_input_items_translate_back_to_their_messages() -> None:
+    stored = [
+        (7, {"role": "user", "content": "one"}),
+        (8, TEXT_AND_CALL),
+        (9, {"role": "tool", "tool_call_id": "call_1", "content": "x"}),
+    ]
+    items = items_from_messages(stored)
+    req = parse({"model": "m", "input": [{"type": "item_reference", "id": item["id"]} for item in items]})
+    assert with_referenced_items(req, {item["id"]: item for item in items}).messages == [m for _, m in stored]
+
+
+def test_an_item_reference_naming_nothing_found_is_400_naming_its_input_index() -> None:
+    output = output_of(TEXT_AND_CALL)
+    req = parse(
+        {
+            "model": "m",
+            "input": [
+                {"type": "item_reference", "id": f"msg_{HEX}_0"},
+                {"role": "user", "content": "x"},
+                {"id": "msg_unknown"},
+                {"type": "item_reference", "id": f"rs_{HEX}_9"},
+            ],
+        }
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        with_referenced_items(req, {output[0]["id"]: output[0]})
+    error = caught.value
+    assert (error.code, error.param, error.http_status) == ("item_not_found", "input[2]", 400)
+    assert error.message == "Item with id 'msg_unknown' not found."
+    assert orjson.loads(error.body())["error"]["type"] == "invalid_request_error"
+    # A "found" item that is itself a reference resolves nothing.
+    with pytest.raises(InvalidRequest) as caught:
+        with_referenced_items(req, {r.id: {"type": "item_reference", "id": "x"} for r in req.references})
+    assert caught.value.param == "input[0]"
+    # A long id is cut in the message.
+    long = parse({"model": "m", "input": [{"id": "x" * 1000}]})
+    with pytest.raises(InvalidRequest) as caught:
+        with_referenced_items(long, {})
+    assert caught.value.message == f"Item with id '{'x' * 128}' not found."
+    # No references: the very request.
+    plain = parse({"model": "m", "input": "hi"})
+    assert with_referenced_items(plain, {}) is plain
+
+
+def test_output_item_ids_name_their_response() -> None:
+    reply = {**TEXT_AND_CALL, "reasoning_content": "hmm"}
+    for item in output_of(reply):
+        assert response_of_item(item["id"]) == RESP_ID
+    assert response_of_item(f"msg_{HEX}_12") == RESP_ID
+    for other in (
+        "msg_12",  # an input item id (a stored message's row)
+        "fc_12_0",
+        "fco_12",
+        f"fco_{HEX}_0",
+        f"call_{HEX}_0",  # a call_id, not an item id
+        f"msg_{HEX}",
+        f"msg_{HEX[:-1]}_0",
+        f"msg_{HEX.upper()}_0",
+        f"msg_{HEX}_0 ",
+        f"msg_{HEX}_x",
+        RESP_ID,
+        "",
+        None,
+        7,
+    ):
+        assert response_of_item(other) is None, other
 
 
 # --- Response objects ---------------------------------------------------------------------------------------
@@ -983,6 +1148,13 @@ _tool = st.fixed_dictionaries(
 
 
 def _accepted_is_usable(req: ResponsesRequest) -> None:
+    if req.references:
+        with pytest.raises(InvalidRequest) as caught:
+            with_referenced_items(req, {})
+        assert caught.value.code == "item_not_found"
+        req = with_referenced_items(
+            req, {r.id: {"type": "message", "role": "user", "content": "x"} for r in req.references}
+        )
     orjson.dumps(chat_body(req, stream=True))
     fields = request_fields(req)
     assert orjson.loads(orjson.dumps(fields)) == fields

@@ -2,7 +2,8 @@
 ``core.ports.Catalog`` of the SQLite backend.
 
 Beside ``store.ConversationStore`` (turns and their reads; its commits in ``writer``, its connections from
-``connections``) and ``keys``.  The store's waiting connection runs these statements: they are rare and can be
+``connections``) and ``keys``; the one-message edits of the Conversations items API (append, delete anywhere) are
+in ``edits``.  The store's waiting connection runs these statements: they are rare and can be
 large, so they stay off the event loop.  Every change is one ``ConversationStore.transaction``.
 
 Token totals on a conversation are the sums of the usage stored with its replies: a turn adds its usage, and a
@@ -16,6 +17,7 @@ from typing import Any
 
 from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
 from gateway.protocols.openai_chat import dumps, loads
+from gateway.storage.sqlite import edits
 from gateway.storage.sqlite.store import ConversationStore, Transaction
 from gateway.storage.sqlite.turns import RECOUNT, cut_statements
 
@@ -212,6 +214,16 @@ class SqliteCatalog:
                 return None
             removed, *_ = [await tx.execute(sql, params) for sql, params in cut_statements(*key, rows[0][0], at)]
         return removed
+
+    async def append_messages(
+        self, conversation: ConversationInfo, messages: Sequence[NewMessage], at: float, *, max_bytes: int | None
+    ) -> list[StoredMessage] | None:
+        """Append messages after the last one (``edits``); the stored rows, or None past ``max_bytes``."""
+        return await edits.append_messages(self._store, conversation, messages, at, max_bytes)
+
+    async def delete_message(self, conversation: ConversationInfo, message_row_id: int) -> bool:
+        """Delete one message from anywhere in the history (``edits``); False when there is no such one."""
+        return await edits.delete_message(self._store, conversation, message_row_id)
 
     async def fork(
         self, source: ConversationInfo, new_id: str, *, last_seq: int, metadata: dict[str, str], at: float

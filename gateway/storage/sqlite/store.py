@@ -2,8 +2,9 @@
 
 The SQLite backend is this module with ``connections`` (opening the file), ``turns`` (a turn's SQL and row
 shapes), ``responses`` (finding and deleting the Responses API calls turns record), ``writer`` (the inline commits
-of turns, group commit included), ``catalog`` (the conversations API and CLI), ``keys`` (gateway keys) and
-``migrations``; no other module holds SQL.  ``backend`` bundles them as a ``core.ports.Storage``.
+of turns, group commit included), ``catalog`` and ``edits`` (the conversations API and CLI: reads, and the
+edits of single messages), ``keys`` (gateway keys) and ``migrations``; no other module holds SQL.  ``backend``
+bundles them as a ``core.ports.Storage``.
 
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
 system messages), the last model, counters and timestamps; a *message* row per stored message holds the message
