@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, NewMessage, StoredMessage
 from gateway.errors import InvalidRequest, NotFound
-from gateway.protocols.openai_chat import Message, encode
+from gateway.protocols.openai_chat import Message, encode, list_object
 from gateway.protocols.openai_responses import items_from_messages, parse_responses_request
 
 if TYPE_CHECKING:  # conversations imports this module
@@ -53,16 +53,6 @@ def items_of(messages: Sequence[StoredMessage], *, descending: bool = False) -> 
         own = items_from_messages([(m.row_id, m.body)])
         items.extend(reversed(own) if descending else own)
     return items
-
-
-def item_list(data: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": list(data),
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
 
 
 class ConversationItems:
@@ -101,7 +91,7 @@ class ConversationItems:
             if page.after not in ids:
                 raise _bad_cursor()
             items = items[ids.index(page.after) + 1 :]
-        return item_list(items[: page.limit], has_more=len(items) > page.limit)
+        return list_object(items[: page.limit], has_more=len(items) > page.limit)
 
     async def get(self, owner: str, conversation_id: str, item_id: str) -> dict[str, Any]:
         conversation = await self._existing(owner, conversation_id)
@@ -137,7 +127,7 @@ class ConversationItems:
                 code="conversation_too_large",
                 param="items",
             )
-        return item_list(items_of(stored), has_more=False)
+        return list_object(items_of(stored), has_more=False)
 
     async def delete(self, owner: str, conversation_id: str, item_id: str) -> ConversationInfo:
         """Delete the message the item belongs to (all of its items); the conversation as it is then."""

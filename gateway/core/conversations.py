@@ -19,7 +19,13 @@ from gateway.core.history import split_system
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, NewMessage, StoredMessage
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.protocols.openai_chat import Message, encode, validate_conversation_id, validate_messages
+from gateway.protocols.openai_chat import (
+    Message,
+    encode,
+    list_object,
+    validate_conversation_id,
+    validate_messages,
+)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -102,7 +108,7 @@ class ConversationsService:
             if cursor is None:
                 raise InvalidRequest("'after' names no conversation of yours.", code="invalid_cursor", param="after")
         found = await self._catalog.list_conversations(owner, limit=page.limit + 1, order=page.order, cursor=cursor)
-        return _list([conversation_object(c) for c in found[: page.limit]], has_more=len(found) > page.limit)
+        return list_object([conversation_object(c) for c in found[: page.limit]], has_more=len(found) > page.limit)
 
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
         return conversation_object(await self._existing(owner, conversation_id))
@@ -115,7 +121,7 @@ class ConversationsService:
         found = await self._catalog.list_messages(
             conversation, limit=page.limit + 1, order=page.order, cursor_seq=cursor_seq
         )
-        return _list([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
+        return list_object([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
 
     async def set_metadata(self, owner: str, conversation_id: str, body: Any) -> dict[str, Any]:
         """PATCH (or OpenAI's POST): replace the metadata (the whole object, as OpenAI's conversations API does)."""
@@ -249,16 +255,6 @@ def message_object(m: StoredMessage) -> dict[str, Any]:
     if m.usage is not None:
         item["usage"] = m.usage
     return item
-
-
-def _list(data: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": list(data),
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
 
 
 def _fields(body: Any, known: tuple[str, ...]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from gateway.core.conversations import PageRequest, new_conversation_id
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, StoredResponse, TurnStore
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.protocols.openai_chat import validate_conversation_id
+from gateway.protocols.openai_chat import list_object, validate_conversation_id
 from gateway.protocols.openai_responses import (
     ResponsesRequest,
     items_from_messages,
@@ -174,13 +174,7 @@ class ResponsesService:
                 raise InvalidRequest("'after' names no item of this response.", code="invalid_cursor", param="after")
             start = ids.index(page.after) + 1
         data = items[start : start + page.limit]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": start + page.limit < len(items),
-        }
+        return list_object(data, has_more=start + page.limit < len(items))
 
     async def _existing(self, owner: str, response_id: str) -> StoredResponse:
         found = await self._store.find_response(owner, response_id)

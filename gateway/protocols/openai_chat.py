@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,3 +152,14 @@ def encode(value: Any) -> bytes:
 def loads(text: str | bytes) -> Any:
     """Strict JSON (no NaN or Infinity, which no OpenAI-compatible API accepts)."""
     return orjson.loads(text)
+
+
+def list_object(data: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    """OpenAI's list object for a page of ``data`` (each with an ``id``), as its list endpoints answer."""
+    return {
+        "object": "list",
+        "data": list(data),
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

@@ -19,7 +19,7 @@ from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
 from gateway.protocols.openai_chat import dumps, loads
 from gateway.storage.sqlite import edits
 from gateway.storage.sqlite.store import ConversationStore, Transaction
-from gateway.storage.sqlite.turns import RECOUNT, cut_statements
+from gateway.storage.sqlite.turns import RECOUNT, cut_statements, stored_message
 
 _COLUMNS = """id, owner, external_id, created_at, updated_at, message_count, model, metadata_json,
        prompt_tokens, completion_tokens, cached_tokens, system_json, window_start, summary_json"""
@@ -139,17 +139,7 @@ class SqliteCatalog:
         self, conversation: ConversationInfo, *, limit: int, order: str, cursor_seq: int | None
     ) -> list[StoredMessage]:
         params = {"conversation": conversation.row_id, "cursor_seq": cursor_seq, "limit": limit}
-        return [
-            StoredMessage(
-                row_id=row[0],
-                seq=row[1],
-                body=loads(row[2]),
-                created_at=row[3],
-                interrupted=bool(row[4]),
-                usage=loads(row[5]) if row[5] else None,
-            )
-            for row in await self._store.read(_LIST_MESSAGES[order], params)
-        ]
+        return [stored_message(row) for row in await self._store.read(_LIST_MESSAGES[order], params)]
 
     async def create_conversation(self, info: ConversationInfo, messages: Sequence[NewMessage]) -> bool:
         """Insert a conversation and its messages as given; False (and nothing written) when the id is taken.

@@ -12,12 +12,11 @@ gone) and recounts the conversation's counters, size and token totals, as a rewi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
-from gateway.protocols.openai_chat import dumps, encode, loads
+from gateway.protocols.openai_chat import dumps, encode
 from gateway.storage.sqlite.store import ConversationStore
-from gateway.storage.sqlite.turns import RECOUNT
+from gateway.storage.sqlite.turns import RECOUNT, stored_message
 
 _STATE = "SELECT id, message_count, history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
 _INSERT = """
@@ -77,7 +76,7 @@ async def append_messages(
             ],
         )
         await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at})
-        return [_stored(row) for row in await tx.fetch(_MESSAGES_FROM, (row_id, count))]
+        return [stored_message(row) for row in await tx.fetch(_MESSAGES_FROM, (row_id, count))]
 
 
 async def delete_message(store: ConversationStore, conversation: ConversationInfo, message_row_id: int) -> bool:
@@ -102,14 +101,3 @@ async def delete_message(store: ConversationStore, conversation: ConversationInf
             await tx.execute(sql, params)
         await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": None})
     return True
-
-
-def _stored(row: Any) -> StoredMessage:
-    return StoredMessage(
-        row_id=row[0],
-        seq=row[1],
-        body=loads(row[2]),
-        created_at=row[3],
-        interrupted=bool(row[4]),
-        usage=loads(row[5]) if row[5] else None,
-    )

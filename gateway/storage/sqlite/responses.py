@@ -14,9 +14,9 @@ import asyncio
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from gateway.core.ports import StoredMessage, StoredResponse
+from gateway.core.ports import StoredResponse
 from gateway.protocols.openai_chat import loads
-from gateway.storage.sqlite.turns import INLINE_READ_BYTES, cut_statements
+from gateway.storage.sqlite.turns import INLINE_READ_BYTES, cut_statements, stored_message
 
 # The response row and its conversation's (row id, external id, message count, history size): owner-scoped.
 _FIND_RESPONSE = """
@@ -85,7 +85,7 @@ async def delete_response(store: _Store, owner: str, response_id: str) -> bool:
 
 def _stored_response(response_id: str, head: Any, rows: list[Any]) -> StoredResponse | None:
     _, external_id, message_count, _, created_at, request_json, _, reply_seq = head
-    messages = [_stored_message(row) for row in rows]
+    messages = [stored_message(row) for row in rows]
     if not messages or messages[-1].seq != reply_seq:  # cut in between the two reads: gone
         return None
     return StoredResponse(
@@ -96,15 +96,4 @@ def _stored_response(response_id: str, head: Any, rows: list[Any]) -> StoredResp
         reply=messages[-1],
         inputs=messages[:-1],
         latest=reply_seq == message_count - 1,
-    )
-
-
-def _stored_message(row: Any) -> StoredMessage:
-    return StoredMessage(
-        row_id=row[0],
-        seq=row[1],
-        body=loads(row[2]),
-        created_at=row[3],
-        interrupted=bool(row[4]),
-        usage=loads(row[5]) if row[5] else None,
     )

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from gateway.core.history import replay
-from gateway.core.ports import Memory, Turn
+from gateway.core.ports import Memory, StoredMessage, Turn
 from gateway.protocols.openai_chat import cached_tokens, dumps, encode, loads
 
 # The first row is the conversation's (seq -1): its system prompt, window, summary and history size.
@@ -193,3 +193,15 @@ def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def stored_message(row: Any) -> StoredMessage:
+    """A message row read as (row id, seq, body, created_at, interrupted, usage_json)."""
+    return StoredMessage(
+        row_id=row[0],
+        seq=row[1],
+        body=loads(row[2]),
+        created_at=row[3],
+        interrupted=bool(row[4]),
+        usage=loads(row[5]) if row[5] else None,
+    )
