@@ -331,6 +331,17 @@ async def _write_raw(request: web.Request, script: Script) -> web.StreamResponse
 _TOKENIZER: list[Any] = []
 
 
+def request_texts(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(role, text) of every message of an upstream request."""
+    out = []
+    for m in body["messages"]:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content)
+        out.append((m["role"], content or ""))
+    return out
+
+
 def count_prompt(body: dict[str, Any]) -> int:
     """The prompt's tokens as Qwen's tokenizer counts them, with 4 tokens of framing per message."""
     if not _TOKENIZER:

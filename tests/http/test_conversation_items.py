@@ -20,7 +20,7 @@ from openai.types.conversations import (
 from pydantic import TypeAdapter
 
 from tests.conftest import Gateway, make_config, start_gateway, user
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, request_texts
 
 A = {"Authorization": "Bearer key-a"}
 ITEM = TypeAdapter(ConversationItem)
@@ -35,17 +35,6 @@ TOOL_CALL_ITEMS: list[Any] = [
     {"type": "function_call_output", "call_id": "call_1", "output": "24 degrees, sunny"},
     {"role": "assistant", "content": "It is sunny."},
 ]
-
-
-def _texts(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) of every message of an upstream request."""
-    out = []
-    for m in body["messages"]:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content)
-        out.append((m["role"], content or ""))
-    return out
 
 
 def _valid(model: Any, value: Any) -> None:
@@ -134,7 +123,7 @@ async def test_a_turn_by_responses_or_chat_sees_added_items_and_not_deleted_ones
         conversation.id, items=[{"role": "assistant", "content": "Which size?"}, {"role": "user", "content": "6.7"}]
     )
     response = await client.responses.create(model="qwen-plus", input="black", conversation=conversation.id)
-    assert _texts(upstream.last) == [
+    assert request_texts(upstream.last) == [
         ("user", "I want a phone"),
         ("assistant", "Which size?"),
         ("user", "6.7"),
@@ -149,7 +138,7 @@ async def test_a_turn_by_responses_or_chat_sees_added_items_and_not_deleted_ones
     assert removed.model_extra["message_count"] == 4  # type: ignore[index]
     chat = gateway.sdk(conversation.id, api_key="key-a")
     await chat.chat.completions.create(model="qwen-plus", messages=[user("thanks")])
-    assert _texts(upstream.last) == [
+    assert request_texts(upstream.last) == [
         ("user", "I want a phone"),
         ("user", "6.7"),
         ("user", "black"),

@@ -16,7 +16,7 @@ import pytest
 
 from tests.clients.checks import WEATHER_CALL
 from tests.conftest import Gateway, make_config, start_gateway, user
-from tests.fake_upstream import FakeUpstream, Script
+from tests.fake_upstream import FakeUpstream, Script, request_texts
 from tests.stored import all_messages_count, conversations, find_conversation, messages, stored
 
 SYSTEM = "You sell phones. Ask one question at a time."
@@ -26,17 +26,6 @@ WEATHER_TOOL: dict[str, Any] = {
     "description": "The current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-def _texts(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) of every message of an upstream request."""
-    out = []
-    for m in body["messages"]:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content)
-        out.append((m["role"], content or ""))
-    return out
 
 
 async def test_previous_response_id_carries_the_whole_history_over_four_turns(
@@ -55,7 +44,7 @@ async def test_previous_response_id_carries_the_whole_history_over_four_turns(
         assert response.previous_response_id == previous.id
         previous = response
     assert previous.output_text == "reply 4"
-    assert _texts(upstream.last) == [
+    assert request_texts(upstream.last) == [
         ("system", SYSTEM), ("user", "I want a phone"), ("assistant", "reply 1"), ("user", "6.7 inch"),
         ("assistant", "reply 2"), ("user", "4K"), ("assistant", "reply 3"), ("user", "The black one"),
     ]  # fmt: skip
@@ -73,7 +62,7 @@ async def test_continuing_an_older_response_forks_and_the_original_chain_goes_on
     first = await client.responses.create(model="qwen-plus", input="one")
     second = await client.responses.create(model="qwen-plus", input="two", previous_response_id=first.id)
     branch = await client.responses.create(model="qwen-plus", input="two, again", previous_response_id=first.id)
-    assert _texts(upstream.last) == [("user", "one"), ("assistant", "reply 1"), ("user", "two, again")]
+    assert request_texts(upstream.last) == [("user", "one"), ("assistant", "reply 1"), ("user", "two, again")]
     assert first.conversation and second.conversation and branch.conversation
     assert branch.conversation.id != first.conversation.id
     fork = await find_conversation(gateway, branch.conversation.id)
@@ -81,12 +70,16 @@ async def test_continuing_an_older_response_forks_and_the_original_chain_goes_on
     # The original chain is untouched and still continues from its latest response by appending.
     third = await client.responses.create(model="qwen-plus", input="three", previous_response_id=second.id)
     assert third.conversation and third.conversation.id == first.conversation.id
-    assert _texts(upstream.last) == [
+    assert request_texts(upstream.last) == [
         ("user", "one"), ("assistant", "reply 1"), ("user", "two"), ("assistant", "reply 2"), ("user", "three")
     ]  # fmt: skip
     # ... and so does the branch.
     await client.responses.create(model="qwen-plus", input="branch on", previous_response_id=branch.id)
-    assert _texts(upstream.last)[-3:] == [("user", "two, again"), ("assistant", "reply 3"), ("user", "branch on")]
+    assert request_texts(upstream.last)[-3:] == [
+        ("user", "two, again"),
+        ("assistant", "reply 3"),
+        ("user", "branch on"),
+    ]
 
 
 async def test_two_requests_racing_from_the_same_response_both_succeed_one_appending_one_forking(
@@ -101,7 +94,7 @@ async def test_two_requests_racing_from_the_same_response_both_succeed_one_appen
     )
     assert a.conversation and b.conversation and a.conversation.id != b.conversation.id
     for request in upstream.requests[1:]:
-        assert _texts(request.body)[:2] == [("user", "one"), ("assistant", "reply 1")]
+        assert request_texts(request.body)[:2] == [("user", "one"), ("assistant", "reply 1")]
         assert len(request.body["messages"]) == 3
     assert len(await conversations(gateway)) == 2
 
@@ -110,10 +103,14 @@ async def test_conversation_is_shared_with_the_chat_completions_path(gateway: Ga
     client = gateway.sdk()
     await client.responses.create(model="qwen-plus", input="one (responses)", conversation="shop-1")
     await gateway.sdk("shop-1").chat.completions.create(model="qwen-plus", messages=[user("two (chat)")])
-    assert _texts(upstream.last) == [("user", "one (responses)"), ("assistant", "reply 1"), ("user", "two (chat)")]
+    assert request_texts(upstream.last) == [
+        ("user", "one (responses)"),
+        ("assistant", "reply 1"),
+        ("user", "two (chat)"),
+    ]
     third = await client.responses.create(model="qwen-plus", input="three (responses)", conversation={"id": "shop-1"})
     assert third.conversation is not None and third.conversation.id == "shop-1"
-    assert _texts(upstream.last) == [
+    assert request_texts(upstream.last) == [
         ("user", "one (responses)"), ("assistant", "reply 1"), ("user", "two (chat)"), ("assistant", "reply 2"),
         ("user", "three (responses)"),
     ]  # fmt: skip
@@ -130,7 +127,11 @@ async def test_the_x_conversation_id_header_names_the_conversation_when_the_body
     await client.chat.completions.create(model="qwen-plus", messages=[user("one (chat)")])
     response = await client.responses.with_raw_response.create(model="qwen-plus", input="two (responses)")
     assert response.headers["X-Conversation-Id"] == "header-conv"
-    assert _texts(upstream.last) == [("user", "one (chat)"), ("assistant", "reply 1"), ("user", "two (responses)")]
+    assert request_texts(upstream.last) == [
+        ("user", "one (chat)"),
+        ("assistant", "reply 1"),
+        ("user", "two (responses)"),
+    ]
 
 
 async def test_store_false_records_nothing_and_cannot_be_continued(gateway: Gateway, upstream: FakeUpstream) -> None:
@@ -159,7 +160,7 @@ async def test_store_false_reads_the_history_it_continues_and_leaves_it_as_it_wa
     second = await client.responses.create(model="qwen-plus", input="two", previous_response_id=first.id)
     # From an older response, without storing: that history, no fork, nothing written.
     await client.responses.create(model="qwen-plus", input="what if", previous_response_id=first.id, store=False)
-    assert _texts(upstream.last) == [("user", "one"), ("assistant", "reply 1"), ("user", "what if")]
+    assert request_texts(upstream.last) == [("user", "one"), ("assistant", "reply 1"), ("user", "what if")]
     assert len(await conversations(gateway)) == 1
     await client.responses.create(model="qwen-plus", input="peek", previous_response_id=second.id, store=False)
     assert len(upstream.last["messages"]) == 5
@@ -278,7 +279,7 @@ async def test_stream_events_come_in_openais_order_and_the_response_is_recorded_
     assert upstream.last["stream"] is True and upstream.last["stream_options"] == {"include_usage": True}
     # The next turn continues it.
     await client.responses.create(model="qwen-plus", input="ok", previous_response_id=completed.id)
-    assert _texts(upstream.last) == [("user", "tell me"), ("assistant", text), ("user", "ok")]
+    assert request_texts(upstream.last) == [("user", "tell me"), ("assistant", text), ("user", "ok")]
 
 
 async def test_the_sdks_stream_helper_accumulates_the_same_final_response(
