@@ -16,7 +16,7 @@ TEST_STAMP := $(VENV)/.test-stamp
 NODE_CLIENTS := tests/clients/node
 NODE_STAMP := $(NODE_CLIENTS)/node_modules/.ci-stamp
 
-.PHONY: serve test lint bench container-test node-clients clean
+.PHONY: serve test lint bench container-test node-clients test-servers clean
 
 $(VENV_STAMP):
 	rm -rf $(VENV)
@@ -44,10 +44,15 @@ $(NODE_STAMP): $(NODE_CLIENTS)/package-lock.json
 	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# The PostgreSQL and replica tests start real servers from the distribution's packages: installed when missing
+# (where this user may), else those tests skip themselves, saying so.
+test-servers:
+	@tests/install-servers.sh
+
 serve: $(SERVE_STAMP)
 	$(BIN)/gateway serve --config config.toml
 
-test: $(TEST_STAMP) node-clients
+test: $(TEST_STAMP) node-clients test-servers
 	$(BIN)/python -m pytest
 
 lint: $(DEV_STAMP)
@@ -64,6 +69,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.operations
 	$(BIN)/python -m bench.loop_stalls
 	$(BIN)/python -m bench.slowloris
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) $(NODE_CLIENTS)/node_modules *.egg-info .mypy_cache .pytest_cache .ruff_cache

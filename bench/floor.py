@@ -1,8 +1,8 @@
 """The floor: a do-nothing aiohttp pass-through proxy, the least any aiohttp proxy can cost.
 
 It forwards the body and the Authorization header to the upstream over one pooled ``ClientSession`` and hands
-back status, body and content type, nothing more.  Run as ``python -m bench.floor UPSTREAM_BASE_URL``; it prints
-``port N`` once listening.
+back status, body and content type, nothing more.  Run as ``python -m bench.floor UPSTREAM_BASE_URL [--processes
+N]``; it prints ``port N`` once listening.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from bench.serving import run_until_signalled
+from bench.serving import processes_flag, run_until_signalled
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
@@ -29,6 +29,10 @@ async def chat_completions(request: web.Request) -> web.Response:
         return web.Response(status=upstream.status, body=body, content_type=upstream.content_type)
 
 
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 async def _session(app: web.Application) -> AsyncIterator[None]:
     app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     yield
@@ -40,8 +44,9 @@ def make_app(upstream_base_url: str) -> web.Application:
     app[UPSTREAM] = upstream_base_url.rstrip("/")
     app.cleanup_ctx.append(_session)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/readyz", ready)  # the balancer's health check, as the gateway's
     return app
 
 
 if __name__ == "__main__":
-    run_until_signalled(make_app(sys.argv[1]))
+    run_until_signalled(make_app(sys.argv[1]), processes_flag(sys.argv))

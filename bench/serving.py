@@ -1,5 +1,6 @@
 """Benchmark server processes: inside one, bind an ephemeral loopback port, announce it and serve until SIGTERM
-(``run_until_signalled``); from the runner, start one and learn its port and pid (``server``)."""
+(``run_until_signalled``, in one process or several sharing the socket, as the gateway's ``--workers`` does);
+from the runner, start one and learn its port and pid (``server``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,12 +20,13 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def _serve(app: web.Application) -> None:
+async def _serve(app: web.Application, sock: socket.socket, announce: bool) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.SockSite(runner, sock)
     await site.start()
-    print(f"port {runner.addresses[0][1]}", flush=True)
+    if announce:
+        print(f"port {sock.getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -32,8 +35,31 @@ async def _serve(app: web.Application) -> None:
     await runner.cleanup()
 
 
-def run_until_signalled(app: web.Application) -> None:
-    asyncio.run(_serve(app))
+def run_until_signalled(app: web.Application, processes: int = 1) -> None:
+    """Serve ``app`` until SIGTERM; ``processes`` > 1: that many processes accept on one socket (forked before any
+    event loop exists, like a pre-fork server), the first one announcing the port once all are up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    children = []
+    for _ in range(processes - 1):
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(_serve(app, sock, announce=False))
+            os._exit(0)
+        children.append(pid)
+    try:  # the runner's SIGTERM ends the first process's loop; it then stops the others
+        asyncio.run(_serve(app, sock, announce=True))
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+
+
+def processes_flag(argv: list[str]) -> int:
+    """``--processes N`` from a benchmark server's command line (1 without it)."""
+    return int(argv[argv.index("--processes") + 1]) if "--processes" in argv else 1
 
 
 @contextmanager

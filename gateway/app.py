@@ -14,7 +14,8 @@ import ipaddress
 import logging
 import resource
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import structlog
@@ -65,6 +66,7 @@ from gateway.http.state import (
 )
 from gateway.observability.metrics import Metrics
 from gateway.settings.config import Config, ConfigError
+from gateway.settings.database import describe
 from gateway.storage.open import open_storage
 from gateway.upstream.client import UpstreamClient, UpstreamSettings
 from gateway.upstream.retries import RetryPolicy
@@ -93,14 +95,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     locks = KeyedLocks()  # one per-conversation ordering for chat turns and conversation edits alike
     # Every turn holds its conversation's lock until it is recorded: what is held is what is in flight.
     storage = await open_storage(config, turns_in_flight=lambda: len(locks))
-    log.info("database_opened", path=str(config.db_path))
+    locks.shared = storage.locks
+    log.info("database_opened", path=describe(config))
     gatekeeper = Gatekeeper(config, KeyRing(storage.keys))
     try:
         await _check_start_up(config, gatekeeper, storage)
     except BaseException:
         await storage.close()
         raise
-    app[GATEKEEPER], app[LIMITER] = gatekeeper, Limiter(config)
+    app[GATEKEEPER], app[LIMITER] = gatekeeper, Limiter(config, shared=storage.limits)
     metrics = app[METRICS]
     storage.observe_writes(metrics.db_writes.observe)
     metrics.count_conversations(storage.count_conversations)
@@ -118,7 +121,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[RESPONSES] = ResponsesService(storage.turns, storage.catalog, locks)
     purger = None
     if config.idle_days > 0:
-        purger = asyncio.create_task(purge_periodically(app[CONVERSATIONS], config.idle_days, config.purge_interval))
+        purger = asyncio.create_task(
+            purge_periodically(app[CONVERSATIONS], config.idle_days, config.purge_interval, storage.exclusive)
+        )
     try:
         yield
     finally:
@@ -128,7 +133,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 await purger
         await session.close()
         await storage.close()
-        log.info("database_closed", path=str(config.db_path))
+        log.info("database_closed", path=describe(config))
 
 
 def _upstream_settings(config: Config) -> UpstreamSettings:
@@ -177,7 +182,7 @@ async def _check_start_up(config: Config, gatekeeper: Gatekeeper, storage: Stora
     fault = await storage.readiness(write=True)
     if fault is not None and fault.reason == "read_only":
         raise ConfigError(
-            f"storage.path: the database {str(config.db_path)!r} is read-only ({fault.detail}): no turn could be "
+            f"storage.path: the database {describe(config)!r} is read-only ({fault.detail}): no turn could be "
             "recorded; make it writable or point storage.path elsewhere."
         )
     if fault is not None:
@@ -215,8 +220,12 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-async def start(config: Config) -> tuple[GatewayRunner, int]:
-    """Start serving; return the runner and the bound port (useful when the configured port is 0)."""
+async def start(config: Config, sockets: Sequence[socket.socket] = ()) -> tuple[GatewayRunner, int]:
+    """Start serving; return the runner and the bound port (useful when the configured port is 0).
+
+    ``sockets``: already-bound listening sockets to serve on (a worker's, inherited from the pre-fork parent of
+    ``gateway.cli.workers``) instead of binding ``server.host``/``server.port`` here.
+    """
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     connections = Connections(connection_limit(config, open_files), config.header_timeout)
     runner = GatewayRunner(
@@ -233,9 +242,11 @@ async def start(config: Config) -> tuple[GatewayRunner, int]:
         max_field_size=4 * config.max_header_bytes,
     )
     await runner.setup()
+    backlog = accept_backlog(connections.limit)
+    sites: list[web.BaseSite] = [web.SockSite(runner, sock, backlog=backlog) for sock in sockets]
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=accept_backlog(connections.limit))
-        await site.start()
+        for site in sites or [web.TCPSite(runner, config.host, config.port, backlog=backlog)]:
+            await site.start()
     except BaseException:
         await runner.cleanup()
         raise
@@ -243,19 +254,24 @@ async def start(config: Config) -> tuple[GatewayRunner, int]:
     return runner, port
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, sockets: Sequence[socket.socket] = (), stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or until ``stop`` is set: a worker whose parent is gone), then drain.
+    ``sockets`` as for ``start``."""
     before, soft, hard = raise_open_file_limit()
     loop = asyncio.get_running_loop()
     quiet_accept_errors(loop)
-    runner, port = await start(config)
+    runner, port = await start(config, sockets)
+    # From the moment requests may arrive, a stop drains them (before it, the default action ends the process:
+    # nothing is in flight, and a start-up that hangs on its database can still be stopped).
+    if stop is None:
+        stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     log.info("open_files_limit", soft_before=before, soft=soft, hard=hard, max_connections=runner.connections.limit)
     # Everything allocated so far lives as long as the process: keep full collections from walking it again and
     # again (they otherwise pause a busy server for tens of milliseconds).
     gc.freeze()
     log.info("server_started", host=config.host, port=port, upstream=config.upstream_base_url)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     drain = runner.app[DRAIN]
     drain.start()  # /readyz now fails, so a load balancer stops sending new requests

@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway.app import start
 from gateway.settings.config import Config, load_config
 from tests.fake_upstream import FakeUpstream, Script
+from tests.postgres import PostgresServer, missing_server, pg_bin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -250,3 +251,29 @@ async def processes() -> AsyncIterator[list[GatewayProcess]]:
         if gp.proc.poll() is None:
             gp.proc.send_signal(signal.SIGKILL)
             gp.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole run (tests/postgres.py); each test takes a database of it
+    (``postgres_url``).  Skips when the distribution's server packages are not installed."""
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        missing_server("PostgreSQL is not installed (apt-get install postgresql; make test does it as root)")
+    server = PostgresServer(bin_dir)
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)

@@ -1,11 +1,14 @@
 """Operator commands over the database file: conversations (list, show, export, import, delete), purge, and
 gateway keys (create, list, revoke).
 
-They open the same storage as the server, which may be running: their writes wait out the server's lock for the
-configured busy timeout, and the server notices them and drops what it had cached.  They call the same catalog as
-the conversations API, but across owners: an owner is named by its hash
-or a prefix of it (the log lines show the first 12 characters), a tenant as ``tenant:NAME`` (keys mode), or
-``none`` for clients without a credential, and an id held by several owners must be told apart with ``--owner``.
+They open the same storage as the server, which may be running: an import or a purge first takes each
+conversation's lock (``locks``: the storage's cross-process ``ConversationLocks``), so it waits for a turn in
+flight in the server and the next turn sees it (a delete does not wait: it wins, and the turn records nothing);
+their writes wait out the database's lock for the configured busy timeout, and the server checks what it had
+cached against the new versions.  They call the same catalog as the conversations API, but across owners: an
+owner is named by its hash or a prefix of it (the log lines show the first 12 characters), a tenant as
+``tenant:NAME`` (keys mode), or ``none`` for clients without a credential, and an id held by several owners must
+be told apart with ``--owner``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, TextIO
 from gateway.core.conversations import ConversationsService, check_history_size, new_conversation_id
 from gateway.core.keys import valid_tenant
 from gateway.core.ordering import KeyedLocks
-from gateway.core.ports import Catalog, ConversationInfo, KeyStore, Storage, StoredMessage
+from gateway.core.ports import Catalog, ConversationInfo, ConversationLocks, KeyStore, Storage, StoredMessage
 from gateway.core.retention import SECONDS_PER_DAY
 from gateway.core.transfer import export_lines, parse_import
 from gateway.errors import InvalidRequest
@@ -87,6 +90,8 @@ async def export_conversation(
 async def delete_conversations(
     catalog: Catalog, out: TextIO, conversation_ids: Sequence[str], *, owner: str | None
 ) -> None:
+    """Delete each conversation, without waiting for its lock: a delete wins over a turn in flight in a server,
+    which then records nothing (``ConversationDeleted``)."""
     targets = [await _one(catalog, conversation_id, owner) for conversation_id in conversation_ids]
     for info in targets:
         if await catalog.delete_conversation(info.owner, info.external_id):
@@ -94,27 +99,39 @@ async def delete_conversations(
 
 
 async def import_conversations(
-    catalog: Catalog, out: TextIO, lines: Iterable[str], *, owner: str | None, max_history_bytes: int
+    catalog: Catalog,
+    out: TextIO,
+    lines: Iterable[str],
+    *,
+    owner: str | None,
+    max_history_bytes: int,
+    locks: ConversationLocks | None = None,
 ) -> None:
     """Import every conversation of an export; each is written whole or not at all, and an id that exists, or
     one larger than ``limits.max_history_bytes``, stops the import there.  (No message-count limit: what turns
-    stored over time may hold more messages than one request may.)"""
+    stored over time may hold more messages than one request may.)  Each is created holding its lock
+    (``locks``), as the conversations API creates one."""
+    ordering = KeyedLocks(locks)
     for exported in parse_import(lines, owner=owner, now=time.time(), new_id=new_conversation_id):
         info = exported.info
         try:
             check_history_size([m.body for m in exported.messages], max_history_bytes)
         except InvalidRequest as exc:
             raise CommandFailed(f"conversation {info.external_id!r}: {exc.message}") from None
-        if not await catalog.create_conversation(info, exported.messages):
+        async with ordering.hold((info.owner, info.external_id)):
+            created = await catalog.create_conversation(info, exported.messages)
+        if not created:
             raise CommandFailed(f"conversation {info.external_id!r} of owner {_owner(info.owner)} exists already")
         print(f"imported {info.external_id} (owner {_owner(info.owner)}, {len(exported.messages)} messages)", file=out)
 
 
-async def purge(catalog: Catalog, out: TextIO, *, idle_days: float) -> None:
+async def purge(catalog: Catalog, out: TextIO, *, idle_days: float, locks: ConversationLocks | None = None) -> None:
+    """Delete the conversations idle for longer than ``idle_days``, each holding its lock (``locks``), so that
+    one a server process is answering a turn of is kept (that turn makes it active again)."""
     if idle_days <= 0:
         print("retention.idle_days is 0: conversations are kept forever, nothing purged", file=out)
         return
-    purged = await ConversationsService(catalog, KeyedLocks()).purge(idle_days * SECONDS_PER_DAY)
+    purged = await ConversationsService(catalog, KeyedLocks(locks)).purge(idle_days * SECONDS_PER_DAY)
     print(f"purged {purged} conversation(s) idle for more than {idle_days:g} day(s)", file=out)
 
 

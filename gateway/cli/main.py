@@ -1,12 +1,13 @@
 """Command line: ``gateway serve``, ``gateway conversations list|show|export|delete|import``, ``gateway purge``,
 ``gateway keys create|list|revoke`` and ``gateway --version``.
 
-``serve [--config PATH] [--host HOST] [--port PORT] [--db PATH] [--upstream-base-url URL]`` runs the server; the
-other commands work on the database file (``--config``, ``--db``), also while a server uses it.  A bad setting,
-or a database or address that cannot be opened, ends with one line on stderr naming the setting and exit status
-2 (a bad argument too); a command that cannot do what was asked (no such conversation, say) with one line and
-status 1.  Only ``keys create`` may create the database; the others refuse a path where none exists.  Never a
-traceback.
+``serve [--config PATH] [--host HOST] [--port PORT] [--workers N] [--db PATH] [--upstream-base-url URL]`` runs the
+server: one process, or with ``--workers`` N > 1 a parent and N worker processes sharing its listening socket
+(``gateway.cli.workers``).  The other commands work on the database (``--config``, ``--db``: a file or a
+``postgresql://`` URL), also while a server uses it.  A bad setting, or a database or address that cannot be
+opened, ends with one line on stderr naming the setting and exit status 2 (a bad argument too); a command that
+cannot do what was asked (no such conversation, say) with one line and status 1.  Only ``keys create`` may create
+the database; the others refuse a path where none exists.  Never a traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any, NoReturn
 
 from gateway import __version__
 from gateway.app import serve
-from gateway.cli import admin
+from gateway.cli import admin, workers
 from gateway.core.ports import Storage
 from gateway.core.transfer import FORMATS, TransferError
 from gateway.errors import GatewayError
 from gateway.observability.logs import configure_logging
 from gateway.settings.config import Config, ConfigError, load_config
+from gateway.settings.database import describe
 from gateway.settings.declared import SETTINGS
 from gateway.storage.open import STORAGE_ERRORS, storage_exists
 
@@ -59,9 +61,15 @@ def _parser() -> argparse.ArgumentParser:
                 metavar=setting.key.split(".")[-1].upper(),
                 help=f"{setting.help} [{setting.key}, env {setting.variable}, default {setting.default}]",
             )
+    # Internal: how a parent of --workers starts each worker (gateway.cli.workers), not for people.
+    serve_cmd.add_argument("--listen-fd", dest="listen_fds", type=int, action="append", help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--worker-index", dest="worker_index", type=int, default=0, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--parent-fd", dest="parent_fd", type=int, help=argparse.SUPPRESS)
     database = _Parser(add_help=False)
     database.add_argument("--config", metavar="PATH", help="config file (default: ./config.toml if present)")
-    database.add_argument("--db", dest="storage.path", metavar="PATH", help="database file [storage.path]")
+    database.add_argument(
+        "--db", dest="storage.path", metavar="PATH", help="database file or postgresql:// URL [storage.path]"
+    )
     conversations = commands.add_parser("conversations", help="list, show, export, import or delete conversations")
     actions = conversations.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", parents=[database], help="conversations by recent activity")
@@ -122,18 +130,25 @@ def _fail(message: str) -> int:
     return EXIT_BAD_SETTING
 
 
-def _run_server(config: Config) -> int:
+def _run_server(config: Config, argv: Sequence[str], internal: dict[str, Any]) -> int:
+    """Serve as one process, as the parent of ``server.workers`` workers, or (started by such a parent, with
+    ``--listen-fd``) as one of its workers; what stops start-up becomes one line and status 2."""
     try:
-        asyncio.run(serve(config))
+        if internal["listen_fds"]:
+            workers.serve_worker(config, internal["listen_fds"], internal["worker_index"], internal["parent_fd"])
+        elif config.workers > 1:
+            return workers.run(config, argv)
+        else:
+            asyncio.run(serve(config))
     except ConfigError as exc:
         return _fail(str(exc))
     except STORAGE_ERRORS as exc:
-        return _fail(f"storage.path: cannot open database {str(config.db_path)!r}: {exc}")
+        return _fail(f"storage.path: cannot open database {describe(config)!r}: {exc}")
     except GatewayError as exc:
-        return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc.message}")
+        return _fail(f"storage.path: cannot use database {describe(config)!r}: {exc.message}")
     except OSError as exc:
         if exc.filename is not None:
-            return _fail(f"storage.path: cannot open database {str(config.db_path)!r}: {exc.strerror}")
+            return _fail(f"storage.path: cannot open database {describe(config)!r}: {exc.strerror}")
         return _fail(f"server.host/server.port: cannot listen on {config.host}:{config.port}: {exc.strerror}")
     except KeyboardInterrupt:
         pass
@@ -145,7 +160,7 @@ def _admin_command(args: dict[str, Any], config: Config) -> Callable[[Storage], 
     out, command, action = sys.stdout, args["command"], args.get("action")
     if command == "purge":
         idle_days = config.idle_days if args["idle_days"] is None else args["idle_days"]
-        return lambda storage: admin.purge(storage.catalog, out, idle_days=idle_days)
+        return lambda storage: admin.purge(storage.catalog, out, idle_days=idle_days, locks=storage.locks)
     if command == "keys":
         if action == "create":
             return lambda storage: admin.create_key(
@@ -157,7 +172,7 @@ def _admin_command(args: dict[str, Any], config: Config) -> Callable[[Storage], 
     if action == "import":
         lines, owner = _read_lines(args["file"]), admin.import_owner(args["owner"])
         return lambda storage: admin.import_conversations(
-            storage.catalog, out, lines, owner=owner, max_history_bytes=config.max_history_bytes
+            storage.catalog, out, lines, owner=owner, max_history_bytes=config.max_history_bytes, locks=storage.locks
         )
     owner = admin.owner_filter(args["owner"])
     if action == "list":
@@ -190,7 +205,7 @@ def _admin(args: dict[str, Any], config: Config) -> int:
     # A mistyped path must not create an empty database: only the first key may (a new deployment's first step).
     creates = args["command"] == "keys" and args.get("action") == "create"
     if not creates and not storage_exists(config):
-        return _fail(f"storage.path: no database at {str(config.db_path)!r}")
+        return _fail(f"storage.path: no database at {describe(config)!r}")
     try:
         asyncio.run(_run_admin(config, _admin_command(args, config)))
     except (admin.CommandFailed, TransferError) as exc:
@@ -200,15 +215,16 @@ def _admin(args: dict[str, Any], config: Config) -> int:
         print(f"gateway: error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except STORAGE_ERRORS as exc:
-        return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc}")
+        return _fail(f"storage.path: cannot use database {describe(config)!r}: {exc}")
     except OSError as exc:  # the database's directory cannot be made, say
-        return _fail(f"storage.path: cannot use database {str(config.db_path)!r}: {exc.strerror}")
+        return _fail(f"storage.path: cannot use database {describe(config)!r}: {exc.strerror}")
     except KeyboardInterrupt:
         return EXIT_FAILED
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     flags = {key: value for key, value in args.items() if "." in key}
@@ -218,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     if command == "serve":
         configure_logging(config.log_level, config.log_format, cache=True)
-        return _run_server(config)
+        internal = {name: args.pop(name) for name in ("listen_fds", "worker_index", "parent_fd")}
+        return _run_server(config, argv, internal)
     configure_logging("warning", "console", cache=True)
     return _admin({**args, "command": command}, config)

@@ -22,6 +22,7 @@ from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, 
 from gateway.core.lifecycle import Drain
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import (
+    ConversationChanged,
     ConversationDeleted,
     IdempotentReply,
     Memory,
@@ -90,6 +91,7 @@ class _Memory:
     replace_from: int | None  # stored messages from here on give way to this turn (gateway.core.history, rule 3)
     replaced: int  # how many they are
     existed: bool  # the conversation was stored when the turn began (if it is deleted meanwhile, the delete wins)
+    version: int  # its stored version then (the fence: Turn.expected_version)
     request: ChatRequest
 
     @property
@@ -185,6 +187,7 @@ class ChatService:
                 plan.replace_from,
                 replaced,
                 stored.exists,
+                stored.version,
                 request,
             )
             await self._exchange(payload, request, channel, memory)
@@ -299,6 +302,17 @@ class ChatService:
             # gets its reply.
             log.warning("turn_not_recorded", reason="conversation_deleted")
             note(recorded=False)
+        except ConversationChanged:
+            # Another process changed the conversation although this turn held its lock (the lock was lost with
+            # its database connection): the turn was planned from a history that is gone, so it is not recorded,
+            # and the client must not take it for recorded.
+            log.warning("turn_not_recorded", reason="conversation_changed")
+            note(recorded=False)
+            raise Conflict(
+                "The conversation was changed by another request while this turn was in flight; it was not "
+                "recorded. Send the turn again.",
+                code="conversation_changed",
+            ) from None
 
     async def _append(
         self,
@@ -322,6 +336,7 @@ class ChatService:
                 window=memory.window,
                 replace_from=memory.replace_from,
                 existed=memory.existed,
+                expected_version=memory.version if memory.existed else None,
                 idempotent=kept,
                 response=memory.request.response,
             ),

@@ -207,9 +207,14 @@ class ConversationsService:
         before, after_row, purged = time.time() - idle_seconds, 0, 0
         while batch := await self._catalog.idle_conversations(before, after_row, PURGE_BATCH):
             after_row = batch[-1][0]
-            free = [row for row in batch if not self._locks.busy((row[1], row[2]))]
-            async with self._locks.hold_all((owner, eid) for _, owner, eid in free):
-                purged += await self._catalog.delete_idle(free, before)
+            for row in batch:
+                key = (row[1], row[2])
+                if self._locks.busy(key):
+                    continue
+                # One at a time: a turn in flight in another process makes this wait for that turn alone (after
+                # which the conversation is no longer idle), never with other conversations' locks held.
+                async with self._locks.hold(key):
+                    purged += await self._catalog.delete_idle([row], before)
         return purged
 
     async def _seq_of(self, conversation: ConversationInfo, message_id: Any, param: str, code: str) -> int:

@@ -12,6 +12,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from gateway.core.records import (
+    Admission,
+    ConversationChanged,
     ConversationDeleted,
     ConversationInfo,
     GatewayKey,
@@ -26,12 +28,16 @@ from gateway.core.records import (
 )
 
 __all__ = [
+    "Admission",
     "Catalog",
+    "ConversationChanged",
     "ConversationDeleted",
     "ConversationInfo",
+    "ConversationLocks",
     "GatewayKey",
     "IdempotentReply",
     "KeyStore",
+    "LimitStore",
     "Memory",
     "NewMessage",
     "ResponseRecord",
@@ -63,7 +69,8 @@ class TurnStore(Protocol):
 
     async def append_turn(self, turn: Turn) -> None:
         """Record ``turn`` whole or not at all, durably enough to tell the client it is complete once this returns.
-        Raises ``ConversationDeleted`` when ``turn.existed`` and the conversation was deleted meanwhile.
+        Raises ``ConversationDeleted`` when ``turn.existed`` and the conversation was deleted meanwhile, and
+        ``ConversationChanged`` when ``turn.expected_version`` is set and differs from the stored version.
         ``turn.response`` is recorded in the same transaction, or not at all with the turn; a response record goes
         when its reply does (a cut by ``replace_from`` or a rewind, the conversation deleted or purged)."""
         ...
@@ -194,6 +201,32 @@ class KeyStore(Protocol):
         ...
 
 
+class ConversationLocks(Protocol):
+    """The part of per-conversation ordering that spans processes: a lock per (owner, external id) that every
+    process (workers, replicas, the CLI) using the same database honours.  ``core.ordering.KeyedLocks`` takes it
+    after its in-process lock, so at most one holder per process ever asks for a given key.  A lock whose holder
+    dies (kill -9) is freed by the system (the kernel, the database server)."""
+
+    def hold(self, key: tuple[str, str]) -> AbstractAsyncContextManager[None]:
+        """``async with locks.hold(key):`` runs the block holding ``key`` against every other process; raises
+        ``gateway.errors.StorageUnavailable`` when the lock cannot be taken (the database is gone)."""
+        ...
+
+
+class LimitStore(Protocol):
+    """Per-key request limits counted in the shared database, so that they hold across processes and replicas.
+    Each ``admit`` decides and counts atomically (no two processes can both take the last place); a slot whose
+    process died stops counting by itself (its holder's liveness expires)."""
+
+    async def admit(self, key: str, *, concurrent: int, per_minute: int) -> Admission:
+        """Count a request start for ``key`` under the limits (0: no limit of that kind), or refuse it."""
+        ...
+
+    async def release(self, key: str, slot: str) -> None:
+        """The request admitted into ``slot`` has ended."""
+        ...
+
+
 class Storage(Protocol):
     """An opened storage backend, as the storage package's ``open_storage`` returns it: the three stores over one
     database, and what the server asks of the database as a whole."""
@@ -206,6 +239,21 @@ class Storage(Protocol):
 
     @property
     def keys(self) -> KeyStore: ...
+
+    @property
+    def locks(self) -> ConversationLocks | None:
+        """The cross-process conversation locks, or None when this process is the only writer."""
+        ...
+
+    @property
+    def limits(self) -> LimitStore | None:
+        """Limits counted across processes, or None when this process's own counts are the whole truth."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """``async with storage.exclusive("purge") as mine:`` -- ``mine`` is True for at most one process using
+        this database at a time (the others get False at once and skip the work); held until the block ends."""
+        ...
 
     async def readiness(self, *, write: bool = False) -> StorageFault | None:
         """None when a turn could be recorded now, else what stands in the way.  ``write``: prove it with a write

@@ -27,6 +27,7 @@ class Memory:
     summary: Message | None = None  # the summary of what is left out, sent in its place
     last_usage: dict[str, Any] | None = None  # the upstream's usage for the last stored reply, when known
     size: int = 0  # the stored JSON size of ``messages`` (UTF-8 bytes), as the store counts it
+    version: int = 0  # moves on with every change to the conversation's history, by any process (the fence)
 
     def truncated(self, length: int) -> Memory:
         """This memory with only its first ``length`` messages, as a turn that replaces the rest plans from it
@@ -79,12 +80,31 @@ class Turn:
     window: tuple[int, Message | None] | None = None  # a new window start and summary to keep, if they changed
     replace_from: int | None = None  # stored messages from this seq on give way to this turn (a retried last turn)
     existed: bool = False  # planned against a stored conversation: if that is gone by the commit, record nothing
+    # The fence: the ``Memory.version`` the turn was planned from.  When the stored version differs at the commit
+    # (another process changed the conversation although the turn held its lock: a lock lost with its database
+    # connection), the store records nothing and raises ``ConversationChanged``.  None: no check.
+    expected_version: int | None = None
     idempotent: IdempotentReply | None = None  # the reply to keep under the request's Idempotency-Key
     response: ResponseRecord | None = None  # the Responses API call this turn answers, recorded with it
 
 
 class ConversationDeleted(Exception):
     """A turn's conversation was deleted (by the CLI, say) while the turn was in flight: it was not recorded."""
+
+
+class ConversationChanged(Exception):
+    """A turn's conversation was changed by someone else while the turn was in flight (``Turn.expected_version``
+    no longer matched): it was not recorded."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A shared limit store's answer (``ports.LimitStore.admit``): admitted with a ``slot`` to release (None when
+    no concurrency limit applies), or refused with the error code and the seconds after which to retry."""
+
+    refused: str | None  # None: admitted; else "concurrency_limit_exceeded" or "rate_limit_exceeded"
+    retry_after: float = 0.0
+    slot: str | None = None
 
 
 # --- what the catalog lists and inserts ---------------------------------------------------------------------

@@ -8,6 +8,8 @@ never take the server down.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import structlog
 
@@ -18,11 +20,18 @@ log = structlog.get_logger("gateway")
 SECONDS_PER_DAY = 86400.0
 
 
-async def purge_periodically(service: ConversationsService, idle_days: float, interval: float) -> None:
-    """Purge now, then every ``interval`` seconds, until cancelled."""
+async def purge_periodically(
+    service: ConversationsService,
+    idle_days: float,
+    interval: float,
+    exclusive: Callable[[str], AbstractAsyncContextManager[bool]],
+) -> None:
+    """Purge now, then every ``interval`` seconds, until cancelled; ``exclusive`` (``Storage.exclusive``) lets one
+    process of those sharing the database purge at a time, the others skipping the round."""
     while True:
         try:
-            purged = await service.purge(idle_days * SECONDS_PER_DAY)
+            async with exclusive("purge") as mine:
+                purged = await service.purge(idle_days * SECONDS_PER_DAY) if mine else 0
         except GatewayError as exc:
             log.warning("purge_failed", error=exc.code)
         else:

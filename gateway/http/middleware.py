@@ -100,11 +100,11 @@ async def _access_control(request: web.Request, handler: Handler) -> web.StreamR
         note(owner=principal.owner[:12] or None)
     else:
         note(tenant=principal.tenant, key_id=principal.key_id)
-    release = request.app[LIMITER].admit(principal)
+    release = await request.app[LIMITER].admit(principal)
     try:
         return await handler(request)
     finally:
-        release()
+        await release()
 
 
 def _preflight(cors: CorsPolicy, request: web.Request) -> web.Response:

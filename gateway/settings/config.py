@@ -12,19 +12,31 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from gateway.settings.database import is_database_url
 from gateway.settings.declared import SETTINGS
 from gateway.settings.models import ModelTable, parse_models
+from gateway.settings.values import (
+    ConfigError as ConfigError,  # raised here, imported from here by the rest of the gateway
+)
+from gateway.settings.values import (
+    as_bool,
+    as_days,
+    as_int,
+    as_number,
+    as_seconds,
+    as_str,
+    choice,
+    nonempty,
+    origins,
+    storage_location,
+    url,
+)
 
 DEFAULT_CONFIG_FILE = "config.toml"
-
-
-class ConfigError(Exception):
-    """A setting is missing, malformed or out of range; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,11 @@ class Config:
     header_timeout: float
     body_timeout: float
     max_connections: int
-    db_path: Path
+    db_path: Path  # SQLite's file; unused (Path()) when db_url is set
+    # The postgresql:// URL when storage.path names one, else None; kept out of repr() (it may hold a password).
+    db_url: str | None = field(repr=False)
+    storage_pool_size: int
+    workers: int
     synchronous: str
     busy_timeout_ms: int
     cache_messages: int
@@ -96,140 +112,56 @@ class Config:
         return self.tenant_limits.get(tenant, self.default_limits) if tenant is not None else self.default_limits
 
 
-def _as_str(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def _as_int(key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{key}: must be between {low} and {high}, got {value}")
-    return value
-
-
-def _as_number(key: str, value: Any, unit: str, low: float, high: float, *, zero: bool) -> float:
-    """A number of ``unit`` in (low, high], or [low, high] when ``zero`` allows the lower bound itself."""
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number of {unit}, got {value!r}") from None
-    in_range = isinstance(value, int | float) and (low <= value if zero else low < value) and value <= high
-    if isinstance(value, bool) or not in_range:
-        bounds = f"{'[' if zero else '('}{low:g}, {high:g}]"
-        raise ConfigError(f"{key}: expected a number of {unit} in {bounds}, got {value!r}")
-    return float(value)
-
-
-def _as_seconds(key: str, value: Any) -> float:
-    return _as_number(key, value, "seconds", 0, 86400, zero=False)
-
-
-def _as_days(key: str, value: Any) -> float:
-    return _as_number(key, value, "days", 0, 36500, zero=True)
-
-
-def _as_bool(key: str, value: Any) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    text = _as_str(key, value).lower()
-    if text not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
-    return text
-
-
-def _url(key: str, value: Any) -> str:
-    text = _as_str(key, value).strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{key}: expected an http(s) URL, got {value!r}")
-    return text
-
-
-def _origins(key: str, value: Any) -> tuple[str, ...]:
-    """Browser origins (scheme://host[:port], no path) or "*"; a list, or from the environment a comma-separated
-    string."""
-    items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ConfigError(f"{key}: expected a list of origins, got {value!r}")
-    for item in items:
-        parts = urlsplit(item) if isinstance(item, str) else None
-        if item == "*":
-            continue
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
-            raise ConfigError(f"{key}: expected origins like 'https://chat.example.com' or '*', got {item!r}")
-    return tuple(items)
-
-
-def _nonempty(key: str, value: Any) -> str:
-    text = _as_str(key, value).strip()
-    if not text:
-        raise ConfigError(f"{key}: must not be empty")
-    return text
-
-
 _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
-    "server.host": _nonempty,
-    "server.port": lambda k, v: _as_int(k, v, 0, 65535),
-    "server.max_body_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 31),
-    "server.cors_origins": _origins,
-    "server.keepalive_timeout_seconds": _as_seconds,
-    "server.header_timeout_seconds": _as_seconds,
-    "server.body_timeout_seconds": _as_seconds,
-    "server.max_connections": lambda k, v: _as_int(k, v, 0, 10_000_000),
-    "storage.path": _nonempty,
-    "storage.synchronous": lambda k, v: _choice(k, v, ("normal", "full")),
-    "storage.busy_timeout_ms": lambda k, v: _as_int(k, v, 0, 600_000),
-    "storage.cache_messages": lambda k, v: _as_int(k, v, 0, 100_000_000),
-    "storage.cache_bytes": lambda k, v: _as_int(k, v, 0, 1 << 40),
-    "upstream.base_url": _url,
-    "upstream.protocol": lambda k, v: _choice(k, v, ("compatible", "native")),
-    "upstream.native_base_url": _url,
-    "upstream.api_key": lambda k, v: _as_str(k, v).strip(),
-    "upstream.connect_timeout": _as_seconds,
-    "upstream.first_byte_timeout": _as_seconds,
-    "upstream.idle_timeout": _as_seconds,
-    "upstream.max_attempts": lambda k, v: _as_int(k, v, 1, 10),
-    "upstream.backoff_seconds": _as_seconds,
-    "upstream.retry_after_cap_seconds": _as_seconds,
-    "upstream.retry_budget_seconds": _as_seconds,
-    "upstream.max_in_flight": lambda k, v: _as_int(k, v, 1, 1_000_000),
-    "server.drain_seconds": _as_seconds,
-    "server.drain_grace_seconds": lambda k, v: _as_number(k, v, "seconds", 0, 3600, zero=True),
-    "upstream.pool_size": lambda k, v: _as_int(k, v, 1, 10_000),
-    "upstream.pool_timeout_seconds": _as_seconds,
-    "retention.idle_days": _as_days,
-    "retention.purge_interval_seconds": _as_seconds,
-    "auth.mode": lambda k, v: _choice(k, v, ("auto", "open", "keys")),
-    "auth.allow_open": _as_bool,
-    "auth.upstream_key_header": lambda k, v: _as_str(k, v).strip(),
-    "limits.concurrent_requests": lambda k, v: _as_int(k, v, 0, 1_000_000),
-    "limits.requests_per_minute": lambda k, v: _as_int(k, v, 0, 100_000_000),
-    "limits.max_messages": lambda k, v: _as_int(k, v, 1, 1_000_000),
-    "limits.max_header_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 20),
-    "limits.max_history_bytes": lambda k, v: _as_int(k, v, 1024, 1 << 40),
-    "memory.low_water": lambda k, v: _as_number(k, v, "fraction", 0, 1, zero=False),
-    "memory.max_turns": lambda k, v: _as_int(k, v, 0, 1_000_000),
-    "memory.summarize": _as_bool,
-    "memory.summary_model": lambda k, v: _as_str(k, v).strip(),
-    "memory.summary_prompt": _nonempty,
-    "memory.idempotency_seconds": lambda k, v: _as_number(k, v, "seconds", 0, 30 * 86400, zero=True),
-    "log.level": lambda k, v: _choice(k, v, ("debug", "info", "warning", "error")),
-    "log.format": lambda k, v: _choice(k, v, ("auto", "json", "console")),
+    "server.host": nonempty,
+    "server.port": lambda k, v: as_int(k, v, 0, 65535),
+    "server.max_body_bytes": lambda k, v: as_int(k, v, 1024, 1 << 31),
+    "server.cors_origins": origins,
+    "server.keepalive_timeout_seconds": as_seconds,
+    "server.header_timeout_seconds": as_seconds,
+    "server.body_timeout_seconds": as_seconds,
+    "server.max_connections": lambda k, v: as_int(k, v, 0, 10_000_000),
+    "storage.path": storage_location,
+    "storage.pool_size": lambda k, v: as_int(k, v, 1, 1000),
+    "server.workers": lambda k, v: as_int(k, v, 1, 256),
+    "storage.synchronous": lambda k, v: choice(k, v, ("normal", "full")),
+    "storage.busy_timeout_ms": lambda k, v: as_int(k, v, 0, 600_000),
+    "storage.cache_messages": lambda k, v: as_int(k, v, 0, 100_000_000),
+    "storage.cache_bytes": lambda k, v: as_int(k, v, 0, 1 << 40),
+    "upstream.base_url": url,
+    "upstream.protocol": lambda k, v: choice(k, v, ("compatible", "native")),
+    "upstream.native_base_url": url,
+    "upstream.api_key": lambda k, v: as_str(k, v).strip(),
+    "upstream.connect_timeout": as_seconds,
+    "upstream.first_byte_timeout": as_seconds,
+    "upstream.idle_timeout": as_seconds,
+    "upstream.max_attempts": lambda k, v: as_int(k, v, 1, 10),
+    "upstream.backoff_seconds": as_seconds,
+    "upstream.retry_after_cap_seconds": as_seconds,
+    "upstream.retry_budget_seconds": as_seconds,
+    "upstream.max_in_flight": lambda k, v: as_int(k, v, 1, 1_000_000),
+    "server.drain_seconds": as_seconds,
+    "server.drain_grace_seconds": lambda k, v: as_number(k, v, "seconds", 0, 3600, zero=True),
+    "upstream.pool_size": lambda k, v: as_int(k, v, 1, 10_000),
+    "upstream.pool_timeout_seconds": as_seconds,
+    "retention.idle_days": as_days,
+    "retention.purge_interval_seconds": as_seconds,
+    "auth.mode": lambda k, v: choice(k, v, ("auto", "open", "keys")),
+    "auth.allow_open": as_bool,
+    "auth.upstream_key_header": lambda k, v: as_str(k, v).strip(),
+    "limits.concurrent_requests": lambda k, v: as_int(k, v, 0, 1_000_000),
+    "limits.requests_per_minute": lambda k, v: as_int(k, v, 0, 100_000_000),
+    "limits.max_messages": lambda k, v: as_int(k, v, 1, 1_000_000),
+    "limits.max_header_bytes": lambda k, v: as_int(k, v, 1024, 1 << 20),
+    "limits.max_history_bytes": lambda k, v: as_int(k, v, 1024, 1 << 40),
+    "memory.low_water": lambda k, v: as_number(k, v, "fraction", 0, 1, zero=False),
+    "memory.max_turns": lambda k, v: as_int(k, v, 0, 1_000_000),
+    "memory.summarize": as_bool,
+    "memory.summary_model": lambda k, v: as_str(k, v).strip(),
+    "memory.summary_prompt": nonempty,
+    "memory.idempotency_seconds": lambda k, v: as_number(k, v, "seconds", 0, 30 * 86400, zero=True),
+    "log.level": lambda k, v: choice(k, v, ("debug", "info", "warning", "error")),
+    "log.format": lambda k, v: choice(k, v, ("auto", "json", "console")),
 }
 
 
@@ -354,7 +286,10 @@ def load_config(
         header_timeout=v["server.header_timeout_seconds"],
         body_timeout=v["server.body_timeout_seconds"],
         max_connections=v["server.max_connections"],
-        db_path=Path(v["storage.path"]),
+        db_path=Path() if is_database_url(v["storage.path"]) else Path(v["storage.path"]),
+        db_url=v["storage.path"] if is_database_url(v["storage.path"]) else None,
+        storage_pool_size=v["storage.pool_size"],
+        workers=v["server.workers"],
         synchronous=v["storage.synchronous"],
         busy_timeout_ms=v["storage.busy_timeout_ms"],
         cache_messages=v["storage.cache_messages"],

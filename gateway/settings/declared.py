@@ -31,6 +31,12 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("server.host", "127.0.0.1", "Address to listen on.", "GATEWAY_HOST", "--host"),
     Setting("server.port", 8080, "TCP port to listen on (0 picks a free port).", "GATEWAY_PORT", "--port"),
+    Setting(
+        "server.workers",
+        1,
+        "Worker processes sharing the listening socket, each a full gateway (restarted when one dies).",
+        flag="--workers",
+    ),
     Setting("server.drain_seconds", 30.0, "On SIGTERM, how long in-flight requests and streams may finish."),
     Setting("server.drain_grace_seconds", 0.0, "On SIGTERM, how long to keep serving with /readyz failing first."),
     Setting("server.max_body_bytes", 10 * 1024 * 1024, "Largest request body accepted; larger gets 413."),
@@ -55,7 +61,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Most open client connections; past it the longest-idle one is closed, or the new one refused (0: the "
         "open-file limit less room for the upstream pool, the database and logs).",
     ),
-    Setting("storage.path", "./gateway.db", "SQLite database file (created on first start).", "GATEWAY_DB", "--db"),
+    Setting(
+        "storage.path",
+        "./gateway.db",
+        "SQLite database file (created on first start), or a postgresql:// URL for a shared PostgreSQL database.",
+        "GATEWAY_DB",
+        "--db",
+    ),
+    Setting(
+        "storage.pool_size",
+        10,
+        "PostgreSQL only: most connections each process keeps open to the database (plus a few for locks).",
+    ),
     Setting(
         "storage.synchronous",
         "normal",

@@ -35,7 +35,16 @@ async def sqlite_database(tmp_path: Path) -> AsyncIterator[Config]:
     yield make_config(tmp_path, UNUSED_UPSTREAM)  # storage.path: a new gateway.db under tmp_path
 
 
-DATABASES: dict[str, Callable[[Path], AbstractAsyncContextManager[Config]]] = {"sqlite": sqlite_database}
+@asynccontextmanager
+async def postgres_database(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Config]:
+    url = request.getfixturevalue("postgres_url")  # a fresh database on the session's server (tests/conftest.py)
+    yield make_config(tmp_path, UNUSED_UPSTREAM, storage__path=url)
+
+
+DATABASES: dict[str, Callable[[Path, pytest.FixtureRequest], AbstractAsyncContextManager[Config]]] = {
+    "sqlite": lambda tmp_path, request: sqlite_database(tmp_path),
+    "postgres": postgres_database,
+}
 
 
 @dataclass
@@ -55,7 +64,7 @@ class Backend:
 
 @pytest.fixture(params=sorted(DATABASES), ids=lambda name: f"backend={name}")
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async with DATABASES[request.param](tmp_path) as config:
+    async with DATABASES[request.param](tmp_path, request) as config:
         opened = Backend(request.param, config, [])
         try:
             yield opened

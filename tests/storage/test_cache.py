@@ -1,9 +1,11 @@
-"""The history cache and the store's write paths: what another process writes is seen by the next turn, group
-commits keep one bad turn from failing the others, and a turn that meets another process's lock waits for it."""
+"""The history cache and the store's write paths: what another process writes is seen by the next turn (checked
+per conversation by its version, the others kept), group commits keep one bad turn from failing the others, and a
+turn that meets another process's lock waits for it."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +77,9 @@ def test_extend_appends_a_committed_turn_without_touching_earlier_entries() -> N
 async def test_what_another_process_writes_is_seen_by_the_next_turn(gateway: Gateway, upstream: FakeUpstream) -> None:
     client = gateway.sdk("edited")
     await client.chat.completions.create(model="qwen-plus", messages=[user("my name is Ann")])
-    with sqlite3.connect(gateway.db_path) as db:  # as the CLI would: edit the stored user message
+    with sqlite3.connect(gateway.db_path) as db:  # as another worker would: edit the message, moving the version on
         db.execute("UPDATE messages SET body = json_set(body, '$.content', 'my name is Bob') WHERE seq = 0")
+        db.execute("UPDATE conversations SET version = version + 1")
     await client.chat.completions.create(model="qwen-plus", messages=[user("what is my name?")])
     assert upstream.last["messages"][0] == user("my name is Bob")
     with sqlite3.connect(gateway.db_path) as db:  # and delete the conversation outright
@@ -85,6 +88,46 @@ async def test_what_another_process_writes_is_seen_by_the_next_turn(gateway: Gat
     await client.chat.completions.create(model="qwen-plus", messages=[user("hello again")])
     assert upstream.last["messages"] == [user("hello again")]
     assert [m["content"] for m in gateway.stored("edited")] == ["hello again", "reply 3"]
+
+
+async def test_another_process_writing_other_conversations_leaves_this_one_cached(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = await ConversationStore.open(path, cache_messages=100)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.append_turn(_turn("mine", "1"))
+        await store.append_turn(_turn("theirs", "1"))
+        cached = await store.load("o", "mine")
+        other.execute("UPDATE conversations SET version = version + 1 WHERE external_id = 'theirs'")
+        await asyncio.sleep(0)  # the next event-loop iteration looks at the file again
+        assert await store.load("o", "mine") is cached  # checked by its version, not read again
+        assert (await store.load("o", "theirs")).version == 2
+        await store.append_turn(dataclasses.replace(_turn("mine", "2"), expected_version=cached.version, existed=True))
+        extended = await store.load("o", "mine")
+        assert extended.version == cached.version + 1 and len(extended.messages) == 4
+        with sqlite3.connect(path) as db:  # the entry the turn extended is what the database holds
+            assert db.execute("SELECT version FROM conversations WHERE external_id = 'mine'").fetchone() == (2,)
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_conversation_created_anew_at_the_same_version_is_not_taken_for_the_cached_one(tmp_path: Path) -> None:
+    """Versions start at 1 again when a deleted conversation is created anew (an import after a delete, say):
+    the cache tells the two rows apart by their incarnation."""
+    path = tmp_path / "g.db"
+    store = await ConversationStore.open(path, cache_messages=100)
+    other = await ConversationStore.open(path)
+    try:
+        await store.append_turn(_turn("c", "old"))
+        assert [m["content"] for m in (await store.load("o", "c")).messages] == ["old", "re: old"]  # cached, v1
+        await other.write("DELETE FROM conversations", (), conversation=("o", "c"))
+        await other.append_turn(_turn("c", "new"))  # version 1 again, another history
+        await asyncio.sleep(0)
+        assert [m["content"] for m in (await store.load("o", "c")).messages] == ["new", "re: new"]
+    finally:
+        await other.close()
+        await store.close()
 
 
 async def test_memory_works_with_the_cache_turned_off(tmp_path: Path, upstream: FakeUpstream) -> None:

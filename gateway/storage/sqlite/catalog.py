@@ -17,9 +17,10 @@ from typing import Any
 
 from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
 from gateway.protocols.openai_chat import dumps, loads
+from gateway.storage.rows import stored_message
 from gateway.storage.sqlite import edits
 from gateway.storage.sqlite.store import ConversationStore, Transaction
-from gateway.storage.sqlite.turns import RECOUNT, cut_statements, stored_message
+from gateway.storage.sqlite.turns import RECOUNT, cut_statements
 
 _COLUMNS = """id, owner, external_id, created_at, updated_at, message_count, model, metadata_json,
        prompt_tokens, completion_tokens, cached_tokens, system_json, window_start, summary_json"""
@@ -58,10 +59,12 @@ _SET_METADATA = "UPDATE conversations SET metadata_json = ? WHERE owner = ? AND 
 _DELETE_CONVERSATION = "DELETE FROM conversations WHERE owner = ? AND external_id = ?"
 _MESSAGE_SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
 
+# A row created here starts at version 1 (the column's default) with a new random incarnation (migration m009).
 _CREATE_CONVERSATION = """
 INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json,
-                           message_count, prompt_tokens, completion_tokens, cached_tokens, window_start, summary_json)
-VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)
+                           message_count, prompt_tokens, completion_tokens, cached_tokens, window_start, summary_json,
+                           incarnation)
+VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, random())
 ON CONFLICT (owner, external_id) DO NOTHING
 """
 _INSERT_MESSAGE = """
@@ -76,8 +79,8 @@ UPDATE conversations SET message_count = ?,
  WHERE owner = ? AND external_id = ?
 """
 _FORK_CONVERSATION = """
-INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json)
-SELECT owner, :new_id, :at, :at, model, system_json, :metadata FROM conversations WHERE id = :source
+INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, metadata_json, incarnation)
+SELECT owner, :new_id, :at, :at, model, system_json, :metadata, random() FROM conversations WHERE id = :source
 ON CONFLICT (owner, external_id) DO NOTHING
 """
 _FORK_MESSAGES = """
@@ -226,7 +229,7 @@ class SqliteCatalog:
             if not await tx.execute(_FORK_CONVERSATION, {**params, "metadata": dumps(metadata)}):
                 return False
             await tx.execute(_FORK_MESSAGES, params)
-            await _recount(tx, key, None)
+            await _recount(tx, key, None, bump=0)  # a new row: at version 1 already
         return True
 
     async def export_messages(self, conversation: ConversationInfo) -> list[StoredMessage]:
@@ -245,8 +248,8 @@ class SqliteCatalog:
             return sum([await tx.execute(_DELETE_IDLE, (row_id, before)) for row_id, _, _ in conversations])
 
 
-async def _recount(tx: Transaction, key: tuple[str, str], at: float | None) -> None:
-    await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at})
+async def _recount(tx: Transaction, key: tuple[str, str], at: float | None, *, bump: int) -> None:
+    await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at, "bump": bump})
 
 
 def _conversation(row: Any) -> ConversationInfo:

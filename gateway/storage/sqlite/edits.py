@@ -6,7 +6,8 @@ history).
 A deletion keeps ``seq`` contiguous (the messages after it move up by one), removes every response whose inputs or
 reply held the message (the others after it move up with their messages), resets the context window when it
 started after the message (its summary describes it), forgets idempotent replies (they answered a history that is
-gone) and recounts the conversation's counters, size and token totals, as a rewind does.
+gone) and recounts the conversation's counters, size and token totals, as a rewind does.  Both move the
+conversation's version on (``turns.RECOUNT``), so other processes' cached histories of it are checked and dropped.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Sequence
 
 from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
 from gateway.protocols.openai_chat import dumps, encode
+from gateway.storage.rows import stored_message
 from gateway.storage.sqlite.store import ConversationStore
-from gateway.storage.sqlite.turns import RECOUNT, stored_message
+from gateway.storage.sqlite.turns import RECOUNT
 
 _STATE = "SELECT id, message_count, history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
 _INSERT = """
@@ -75,7 +77,7 @@ async def append_messages(
                 for i, (m, body) in enumerate(zip(messages, encoded, strict=True))
             ],
         )
-        await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at})
+        await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at, "bump": 1})
         return [stored_message(row) for row in await tx.fetch(_MESSAGES_FROM, (row_id, count))]
 
 
@@ -99,5 +101,5 @@ async def delete_message(store: ConversationStore, conversation: ConversationInf
             _FORGET_REPLIES,
         ):
             await tx.execute(sql, params)
-        await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": None})
+        await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": None, "bump": 1})
     return True

@@ -222,6 +222,102 @@ async def m008_responses(db: aiosqlite.Connection) -> None:
     )
 
 
+async def m009_versions_and_keys_version(db: aiosqlite.Connection) -> None:
+    # Several processes (workers, the CLI) on one file.  ``version`` moves on with every write that changes a
+    # conversation's history, window, system prompt or counters, so a process's cached history is checked with one
+    # indexed read instead of being dropped whenever any other process commits anything; a turn planned from
+    # version N records nothing if the row no longer is at N (the fence, ``Turn.expected_version``).  Versions start
+    # at 1 again when a deleted conversation is created anew, so ``incarnation``, a random number drawn whenever a
+    # row is inserted, tells such a row from the one a cache holds (SQLite may even reuse the row id).
+    await db.execute("ALTER TABLE conversations ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+    await db.execute("ALTER TABLE conversations ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0")
+    await db.execute("UPDATE conversations SET incarnation = random()")
+    # Counters other processes read when the file changed: 'keys_version' moves with each key created or revoked,
+    # so that turns written by other workers do not make every process re-read the keys.
+    await db.execute("CREATE TABLE gateway_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+    await db.execute("INSERT INTO gateway_meta (name, value) VALUES ('keys_version', 0)")
+    # The turn trigger anew: the fence (expected_version), the version moved on by the upsert, and the incarnation
+    # of a row it creates.  Otherwise as m006's.
+    await db.execute("DROP TRIGGER turn_writes_insert")
+    await db.execute("DROP VIEW turn_writes")
+    await db.execute(
+        """
+        CREATE VIEW turn_writes AS SELECT
+            NULL AS owner, NULL AS external_id, NULL AS at, NULL AS model, NULL AS system_json,
+            NULL AS bodies_json, NULL AS interrupted, NULL AS usage_json,
+            NULL AS prompt_tokens, NULL AS completion_tokens, NULL AS cached_tokens, NULL AS existed,
+            NULL AS expected_version
+        WHERE 0
+        """
+    )
+    await db.execute(
+        """
+        CREATE TRIGGER turn_writes_insert INSTEAD OF INSERT ON turn_writes
+        BEGIN
+            SELECT RAISE(ABORT, 'conversation_deleted')
+             WHERE NEW.existed AND NOT EXISTS (
+                   SELECT 1 FROM conversations WHERE owner = NEW.owner AND external_id = NEW.external_id);
+            SELECT RAISE(ABORT, 'conversation_changed')
+             WHERE NEW.expected_version IS NOT NULL AND NEW.expected_version IS NOT (
+                   SELECT version FROM conversations WHERE owner = NEW.owner AND external_id = NEW.external_id);
+            INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json,
+                                       message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes,
+                                       incarnation)
+            VALUES (NEW.owner, NEW.external_id, NEW.at, NEW.at, NEW.model, NEW.system_json,
+                    json_array_length(NEW.bodies_json), NEW.prompt_tokens, NEW.completion_tokens, NEW.cached_tokens,
+                    (SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM json_each(NEW.bodies_json)),
+                    random())
+            ON CONFLICT (owner, external_id) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                model = COALESCE(excluded.model, conversations.model),
+                system_json = COALESCE(excluded.system_json, conversations.system_json),
+                message_count = conversations.message_count + excluded.message_count,
+                prompt_tokens = conversations.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = conversations.completion_tokens + excluded.completion_tokens,
+                cached_tokens = conversations.cached_tokens + excluded.cached_tokens,
+                history_bytes = conversations.history_bytes + excluded.history_bytes,
+                version = conversations.version + 1;
+            -- The last message is the reply: it alone carries the interrupted flag and the usage.
+            INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
+            SELECT c.id, c.message_count - json_array_length(NEW.bodies_json) + b.key,
+                   json_extract(b.value, '$.role'), b.value, NEW.at,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.interrupted ELSE 0 END,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.usage_json END
+              FROM conversations AS c, json_each(NEW.bodies_json) AS b
+             WHERE c.owner = NEW.owner AND c.external_id = NEW.external_id;
+        END
+        """
+    )
+
+
+async def m010_shared_limits(db: aiosqlite.Connection) -> None:
+    # Per-key limits counted across worker processes (``limits``; only used with server.workers > 1): the start
+    # time of each request admitted in the last minute, and a row per request in flight, owned by a process whose
+    # liveness is a lock it holds on the side file (``locks``): a dead process's rows stop counting.  Keyed by the
+    # limit key first, the only access path (no separate index); ``nonce`` tells apart starts at the same time.
+    await db.execute(
+        """
+        CREATE TABLE limit_starts (
+            key   TEXT NOT NULL,
+            at    REAL NOT NULL,
+            nonce INTEGER NOT NULL,
+            PRIMARY KEY (key, at, nonce)
+        ) WITHOUT ROWID
+        """
+    )
+    await db.execute(
+        """
+        CREATE TABLE limit_slots (
+            key      TEXT NOT NULL,
+            id       TEXT NOT NULL,
+            process  INTEGER NOT NULL,
+            liveness INTEGER NOT NULL,
+            PRIMARY KEY (key, id)
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     m001_conversations_and_messages,
     m002_turn_writes,
@@ -231,6 +327,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     m006_history_bytes_and_deleted_conversations,
     m007_idempotent_replies,
     m008_responses,
+    m009_versions_and_keys_version,
+    m010_shared_limits,
 )
 
 

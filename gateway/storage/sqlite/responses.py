@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from gateway.core.ports import StoredResponse
 from gateway.protocols.openai_chat import loads
-from gateway.storage.sqlite.turns import INLINE_READ_BYTES, cut_statements, stored_message
+from gateway.storage.rows import stored_message
+from gateway.storage.sqlite.turns import INLINE_READ_BYTES, cut_statements
 
 # The response row and its conversation's (row id, external id, message count, history size): owner-scoped.
 _FIND_RESPONSE = """

@@ -2,12 +2,14 @@
 
 The SQLite backend is this module with ``connections`` (opening the file), ``turns`` (a turn's SQL and row
 shapes), ``responses`` (finding and deleting the Responses API calls turns record), ``writer`` (the inline commits
-of turns, group commit included), ``catalog`` and ``edits`` (the conversations API and CLI: reads, and the
-edits of single messages), ``keys`` (gateway keys) and ``migrations``; no other module holds SQL.  ``backend``
-bundles them as a ``core.ports.Storage``.
+of turns, group commit included), ``freshness`` (other processes' writes, and the cache's checks), ``catalog``
+and ``edits`` (the conversations API and CLI: reads, and the edits of single messages), ``keys`` (gateway keys),
+``limits`` (limits shared by worker processes) and ``migrations``; no other module holds SQL.  ``backend`` bundles
+them, with the cross-process ``locks``, as a ``core.ports.Storage``.
 
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
-system messages), the last model, counters and timestamps; a *message* row per stored message holds the message
+system messages), the last model, counters and timestamps, and its version and incarnation (what other processes'
+caches and the turn fence check, see ``turns``); a *message* row per stored message holds the message
 JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage; a
 *response* row per Responses API call a turn answered names its reply's and first input's seq (``responses``).
 
@@ -21,10 +23,10 @@ used when the inline path meets a lock held by another process (the CLI, say), f
 (listing, reading, deleting conversations), and for WAL checkpoints, which the inline connection never runs
 itself (``wal_autocheckpoint = 0``) because they fsync; a background task runs them.
 
-A turn is stored whole or not at all (see ``turns``).  Recently active conversations are also held in a
-``HistoryCache``; ``PRAGMA data_version`` on the inline connection (a few microseconds) tells whether any other
-connection wrote since the last look, in which case the cache is dropped and ``generation`` moves on (what tells
-the key store that keys may have changed).
+A turn is stored whole or not at all (see ``turns``); one planned from a version of its conversation that is no
+longer stored records nothing (``ConversationChanged``, the fence).  Recently active conversations are also held in
+a ``HistoryCache``; ``freshness`` notices other connections' writes (``PRAGMA data_version``) and has each cached
+entry checked by its conversation's version before it is used again, and keeps the keys' counter current.
 The price of the inline path: a cache miss reads the history on the event loop, about 4 ms for a 2,000-message
 conversation, during which other requests wait.
 
@@ -40,24 +42,28 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import structlog
 
-from gateway.core.ports import ConversationDeleted, Memory, StorageFault, StoredResponse, Turn
+from gateway.core.ports import ConversationChanged, ConversationDeleted, Memory, StorageFault, StoredResponse, Turn
 from gateway.errors import StorageUnavailable
 from gateway.storage.cache import HistoryCache
 from gateway.storage.sqlite.connections import open_connections
+from gateway.storage.sqlite.freshness import Freshness, still_current
 from gateway.storage.sqlite.readiness import FileWatch, WriteWatch, is_busy
 from gateway.storage.sqlite.responses import delete_response, find_response
 from gateway.storage.sqlite.turns import (
+    CONVERSATION_CHANGED,
     CONVERSATION_DELETED,
     FIND_REPLY,
     HISTORY_BYTES,
     INLINE_READ_BYTES,
     LOAD,
+    incarnation_of,
     memory_from_rows,
     turn_params,
     turn_statements,
@@ -117,10 +123,8 @@ class ConversationStore:
         self._inline = inline
         self._waiting = waiting
         self._inline_writes = inline_writes
-        self._cache = HistoryCache(cache_messages, cache_bytes)
-        self._data_version: int | None = None
-        self._version_checked = False
-        self._generation = 0
+        self._cache = HistoryCache(cache_messages, cache_bytes, check=partial(still_current, inline))
+        self._freshness = Freshness(self._loop, inline, self._cache)
         self._writer = TurnWriter(self._loop, inline, self._cache, turns_in_flight)
         self._write_lock = asyncio.Lock()  # one open transaction at a time on the waiting connection
         self._checkpointer: asyncio.Task[None] | None = None
@@ -216,55 +220,47 @@ class ConversationStore:
         params = (owner, external_id, owner, external_id)
         try:
             try:
-                self._drop_cache_if_written_elsewhere()
-                cached = self._cache.get(key)
+                self._freshness.look()
+                cached = self._cache.get(key)  # checked by its version first when another process wrote meanwhile
                 if cached is not None:
                     return cached
+                epoch = self._cache.epoch
                 size = self._inline.execute(HISTORY_BYTES, key).fetchone()
                 if size is None or size[0] <= INLINE_READ_BYTES:
-                    memory = memory_from_rows(self._inline.execute(LOAD, params).fetchall())
+                    rows = self._inline.execute(LOAD, params).fetchall()
+                    memory = memory_from_rows(rows)
                 else:
-                    memory = await self._load_waiting(params)
+                    memory, rows = await self._load_waiting(params)
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise
                 self._cache.clear()
-                return await self._load_waiting(params)
+                epoch = self._cache.epoch
+                memory, rows = await self._load_waiting(params)
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
-        self._cache.put(key, memory)
+        # Stamped with the epoch the read began in: a write noticed while it was under way has it checked again.
+        self._cache.put(key, memory, incarnation_of(rows), epoch=epoch)
         return memory
 
-    async def _load_waiting(self, params: tuple[str, str, str, str]) -> Memory:
+    async def _load_waiting(self, params: tuple[str, str, str, str]) -> tuple[Memory, list[Any]]:
         async with self._write_lock:  # behind any transaction open on this connection, as ``read`` is
             rows = list(await self._waiting.execute_fetchall(LOAD, params))
-        return await asyncio.to_thread(memory_from_rows, rows) if len(rows) > 1 else memory_from_rows(rows)
+        memory = await asyncio.to_thread(memory_from_rows, rows) if len(rows) > 1 else memory_from_rows(rows)
+        return memory, rows
 
-    def _drop_cache_if_written_elsewhere(self) -> None:
-        # data_version changes when another connection commits (our own waiting connection included), never
-        # for the inline connection's own commits, which the cache has already been told about.  One look per
-        # event-loop iteration is as good as one per load: another process's write can land at any moment.
-        if self._version_checked:
-            return
-        (version,) = self._inline.execute("PRAGMA data_version").fetchone()
-        if version != self._data_version:
-            self._cache.clear()
-            self._data_version = version
-            self._generation += 1
-        self._version_checked = True
-        self._loop.call_soon(self._forget_version_check)
+    def look_again(self) -> None:
+        """Have the next read look at the file for other connections' commits even within this event-loop
+        iteration (``Freshness.forget``): ``FileLocks`` calls it when this process takes a conversation's lock."""
+        self._freshness.forget()
 
-    def generation(self) -> int:
-        """A number that changes whenever another connection may have written to the database since the last
-        call (the CLI revoking a key, say): what is held in memory from it must be read again."""
+    def keys_version(self) -> int:
+        """A number that changes whenever keys were created or revoked by any connection, as of the last look at
+        the file (``freshness``)."""
         try:
-            self._drop_cache_if_written_elsewhere()
+            return self._freshness.keys_version()
         except sqlite3.Error as exc:
             raise StorageUnavailable("The conversation store cannot be read.", code="storage_unavailable") from exc
-        return self._generation
-
-    def _forget_version_check(self) -> None:
-        self._version_checked = False
 
     async def idempotent_reply(self, owner: str, external_id: str, key: str, since: float) -> tuple[str, bytes] | None:
         """The (request hash, body) kept under ``key`` for this conversation since ``since``, if any."""
@@ -297,8 +293,7 @@ class ConversationStore:
                 return
             await asyncio.shield(self._record_waiting(turn, params))
         except sqlite3.Error as exc:
-            if _is_deleted(exc):
-                raise ConversationDeleted from exc
+            _raise_refused(exc)
             raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
 
     async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
@@ -307,8 +302,8 @@ class ConversationStore:
                 for sql, values in turn_statements(turn, params):
                     await tx.execute(sql, values)
         except StorageUnavailable as exc:
-            if isinstance(exc.__cause__, sqlite3.Error) and _is_deleted(exc.__cause__):
-                raise ConversationDeleted from exc.__cause__
+            if isinstance(exc.__cause__, sqlite3.Error):
+                _raise_refused(exc.__cause__)
             raise
 
     async def read_now(self, sql: str, params: Any) -> list[Any]:
@@ -381,5 +376,10 @@ class ConversationStore:
                     log.warning("checkpoint_failed", error=type(exc).__name__)
 
 
-def _is_deleted(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.IntegrityError) and CONVERSATION_DELETED in str(exc)
+def _raise_refused(exc: sqlite3.Error) -> None:
+    """Raise what the turn trigger's refusal means (migrations m006, m009), if ``exc`` is one."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        if CONVERSATION_DELETED in str(exc):
+            raise ConversationDeleted from exc
+        if CONVERSATION_CHANGED in str(exc):
+            raise ConversationChanged from exc

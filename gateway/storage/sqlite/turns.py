@@ -4,8 +4,13 @@ loading a ``Memory``, and the mapping between rows and records, used by ``store`
 A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002), so it is stored whole or not at all;
 a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary, and one
 that answers a Responses API call records it (migration m008; read back by ``responses``), in the same
-transaction.  Loading reads the conversation row (system prompt, window, summary) and its messages in one
+transaction.  Loading reads the conversation row (system prompt, window, summary, version) and its messages in one
 statement.
+
+Versions (migration m009): every write that changes what ``load`` returns moves the conversation's ``version`` on by
+one -- a turn once, whatever it holds (its cut of a replaced end included), and ``RECOUNT`` once for an edit -- and
+a row's random ``incarnation`` tells a conversation created anew from the one that was deleted.  The pair
+(incarnation, version) is the *stamp* the history cache checks its entries by (``STAMP``).
 """
 
 from __future__ import annotations
@@ -14,26 +19,32 @@ import time
 from typing import Any
 
 from gateway.core.history import replay
-from gateway.core.ports import Memory, StoredMessage, Turn
+from gateway.core.ports import Memory, Turn
 from gateway.protocols.openai_chat import cached_tokens, dumps, encode, loads
+from gateway.storage.rows import token_count
 
-# The first row is the conversation's (seq -1): its system prompt, window, summary and history size.
+# The first row is the conversation's (seq -1): its system prompt, window, summary, history size and stamp.
 LOAD = """
-SELECT -1 AS seq, system_json, window_start, summary_json, history_bytes FROM conversations
+SELECT -1 AS seq, system_json, window_start, summary_json, history_bytes, version, incarnation FROM conversations
  WHERE owner = ? AND external_id = ?
 UNION ALL
-SELECT m.seq, m.body, NULL, NULL, m.usage_json FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
+SELECT m.seq, m.body, NULL, NULL, m.usage_json, NULL, NULL
+  FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id
  WHERE c.owner = ? AND c.external_id = ?
 ORDER BY seq
 """
+# What a cached history is checked by: no row, or one of another incarnation or version, means it is stale.
+STAMP = "SELECT incarnation, version FROM conversations WHERE owner = ? AND external_id = ?"
 
 RECORD_TURN = """
 INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
-                         prompt_tokens, completion_tokens, cached_tokens, existed)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         prompt_tokens, completion_tokens, cached_tokens, existed, expected_version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-# What the turn trigger raises for a turn whose conversation was deleted while it was in flight (migration m006).
+# What the turn trigger raises for a turn whose conversation was deleted while it was in flight (migration m006),
+# and for one whose conversation is no longer at the version it was planned from (m009: ``Turn.expected_version``).
 CONVERSATION_DELETED = "conversation_deleted"
+CONVERSATION_CHANGED = "conversation_changed"
 SET_WINDOW = "UPDATE conversations SET window_start = ?, summary_json = ? WHERE owner = ? AND external_id = ?"
 # Run after the turn's INSERT: its reply is then the conversation's last message, and its first message is as many
 # from the end as the turn stored (the second parameter: its messages and the reply).
@@ -51,14 +62,16 @@ def _token_sum(path: str) -> str:
 
 
 # Message count and token totals recounted from the messages a conversation holds (after a rewind, fork, import
-# or replaced turn); :at is the new activity time, or NULL to keep it.
+# or replaced turn); :at is the new activity time, or NULL to keep it; :bump how far the version moves on (0 inside
+# a turn, whose upsert moves it, or for a row just created at version 1).
 RECOUNT = f"""
 UPDATE conversations SET
     (message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes) = (
         SELECT count(*), {_token_sum("$.prompt_tokens")}, {_token_sum("$.completion_tokens")},
                {_token_sum("$.prompt_tokens_details.cached_tokens")}, coalesce(sum(length(CAST(body AS BLOB))), 0)
           FROM messages WHERE conversation_id = conversations.id),
-    updated_at = coalesce(:at, updated_at)
+    updated_at = coalesce(:at, updated_at),
+    version = version + :bump
  WHERE owner = :owner AND external_id = :id
 """  # noqa: S608
 _CUT_MESSAGES = """
@@ -85,10 +98,13 @@ DELETE FROM responses
 """
 
 
-def cut_statements(owner: str, external_id: str, seq: int, at: float | None) -> list[tuple[str, dict[str, Any]]]:
+def cut_statements(
+    owner: str, external_id: str, seq: int, at: float | None, *, bump: int = 1
+) -> list[tuple[str, dict[str, Any]]]:
     """The statements, for one transaction, that remove a conversation's messages from ``seq`` on (a rewind, or a
-    turn that replaces the end of history): the first one's row count is the number removed."""
-    params = {"owner": owner, "id": external_id, "seq": seq, "at": at}
+    turn that replaces the end of history): the first one's row count is the number removed.  ``bump``: how far
+    the version moves on (0 for a turn's cut: the turn itself moves it)."""
+    params = {"owner": owner, "id": external_id, "seq": seq, "at": at, "bump": bump}
     return [
         (_CUT_MESSAGES, params),
         (_RESET_WINDOW, params),
@@ -122,7 +138,7 @@ def memory_from_rows(rows: list[Any]) -> Memory:
     """Memory from ``LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
     if not rows:
         return Memory(exists=False, system=None, messages=(), replayed=())
-    _, system_json, window_start, summary_json, size = rows[0]
+    _, system_json, window_start, summary_json, size, version, _ = rows[0]
     messages = tuple(loads(row[1]) for row in rows[1:])
     last_usage = rows[-1][4] if len(rows) > 1 else None
     return Memory(
@@ -134,7 +150,13 @@ def memory_from_rows(rows: list[Any]) -> Memory:
         summary=loads(summary_json) if summary_json else None,
         last_usage=loads(last_usage) if last_usage else None,
         size=size,
+        version=version,
     )
+
+
+def incarnation_of(rows: list[Any]) -> int | None:
+    """The conversation row's incarnation from ``LOAD`` rows (None: no such conversation)."""
+    return int(rows[0][6]) if rows else None
 
 
 def turn_params(turn: Turn) -> tuple[Any, ...]:
@@ -153,10 +175,11 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         dumps(bodies),
         int(turn.interrupted),
         dumps(turn.usage) if turn.usage is not None else None,
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(cached_tokens(usage)),
+        token_count(usage.get("prompt_tokens")),
+        token_count(usage.get("completion_tokens")),
+        token_count(cached_tokens(usage)),
         int(turn.existed),
+        turn.expected_version,
         dumps(turn.response.request) if turn.response is not None else None,
         sum(map(len, encoded)),
     )
@@ -172,7 +195,7 @@ def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]
     from ``turn_params``), its window when that moved, its idempotent reply and its response, if any."""
     statements: list[tuple[str, Any]] = []
     if turn.replace_from is not None:
-        statements += cut_statements(turn.owner, turn.external_id, turn.replace_from, None)
+        statements += cut_statements(turn.owner, turn.external_id, turn.replace_from, None, bump=0)
     statements.append((RECORD_TURN, params[:-2]))
     if turn.window is not None:
         start, summary = turn.window
@@ -189,19 +212,3 @@ def turn_statements(turn: Turn, params: tuple[Any, ...]) -> list[tuple[str, Any]
         values = (response.id, added, response.created_at, params[-2], turn.owner, turn.external_id)
         statements.append((_RECORD_RESPONSE, values))
     return statements
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def stored_message(row: Any) -> StoredMessage:
-    """A message row read as (row id, seq, body, created_at, interrupted, usage_json)."""
-    return StoredMessage(
-        row_id=row[0],
-        seq=row[1],
-        body=loads(row[2]),
-        created_at=row[3],
-        interrupted=bool(row[4]),
-        usage=loads(row[5]) if row[5] else None,
-    )

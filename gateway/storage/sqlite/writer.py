@@ -4,6 +4,11 @@ The SQLite-side decision the chat use case does not make: a turn shares a commit
 and one lock cycle for every turn that finishes in the same event-loop iteration) only while other turns are in
 flight, as ``turns_in_flight`` counts them; alone, it commits at once rather than pay for the extra loop iteration.
 A commit that meets another connection's lock reports it (False) so the store can take the waiting path.
+
+After a commit the cache is told the version the turn made: ``expected_version + 1`` for a fenced turn (the trigger
+checked the stored one), else the stamp read back inside the turn's transaction (a few microseconds, and only for
+a conversation's first turn, which is not fenced), so that the entry is extended only when it is exactly the state
+the turn was written on.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from typing import Any
 from gateway.core.ports import Turn
 from gateway.storage.cache import HistoryCache
 from gateway.storage.sqlite.readiness import is_busy
-from gateway.storage.sqlite.turns import turn_size, turn_statements
+from gateway.storage.sqlite.turns import STAMP, turn_size, turn_statements
 
 _Queued = tuple[Turn, tuple[Any, ...], asyncio.Future[bool]]
+_Stamp = tuple[int, int] | None  # (incarnation, version) after a turn, when read back; None: fenced or cut
 
 
 def _alone() -> int:
@@ -60,12 +66,12 @@ class TurnWriter:
     def record_now(self, turn: Turn, params: tuple[Any, ...]) -> bool:
         """Commit one turn at once; False when another connection holds the write lock."""
         try:
-            self._commit([(turn, params)])
+            (stamp,) = self._commit([(turn, params)])
         except sqlite3.Error as exc:
             if is_busy(exc):
                 return False
             raise
-        self._committed(turn, params)
+        self._committed(turn, params, stamp)
         return True
 
     def _commit_batch(self) -> None:
@@ -74,7 +80,7 @@ class TurnWriter:
 
     def _settle(self, batch: list[_Queued]) -> None:
         try:
-            self._commit([(turn, params) for turn, params, _ in batch])
+            stamps = self._commit([(turn, params) for turn, params, _ in batch])
         except sqlite3.Error as exc:
             busy = is_busy(exc)
             if len(batch) > 1 and not busy:
@@ -89,28 +95,42 @@ class TurnWriter:
                 else:
                     future.set_exception(exc)
             return
-        for turn, params, future in batch:
-            self._committed(turn, params)
+        for (turn, params, future), stamp in zip(batch, stamps, strict=True):
+            self._committed(turn, params, stamp)
             if not future.cancelled():
                 future.set_result(True)
 
-    def _committed(self, turn: Turn, params: tuple[Any, ...]) -> None:
+    def _committed(self, turn: Turn, params: tuple[Any, ...], stamp: _Stamp) -> None:
         self.dirty = True
         key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
-        if turn.replace_from is not None:
-            self._cache.discard(key)  # rare (a retried turn): read the conversation afresh next time
+        if stamp is not None:
+            incarnation, version = stamp
+        elif turn.replace_from is None and turn.expected_version is not None:
+            incarnation, version = None, turn.expected_version + 1
         else:
-            self._cache.extend(key, turn.system, appended, turn.window, turn.usage, turn_size(params))
+            self._cache.discard(key)  # rare (a retried turn): read the conversation afresh next time
+            return
+        size = turn_size(params)
+        self._cache.extend(
+            key, turn.system, appended, turn.window, turn.usage, size, version=version, stamp=incarnation
+        )
 
-    def _commit(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> None:
+    def _commit(self, batch: list[tuple[Turn, tuple[Any, ...]]]) -> list[_Stamp]:
+        """Commit the batch in one transaction; each turn's stamp, read back when it was not fenced."""
         started = time.perf_counter()
+        stamps: list[_Stamp] = []
         try:
             for turn, params in batch:
                 for sql, values in turn_statements(turn, params):
                     self._inline.execute(sql, values)
+                stamp = None
+                if turn.expected_version is None and turn.replace_from is None:
+                    stamp = self._inline.execute(STAMP, (turn.owner, turn.external_id)).fetchone()
+                stamps.append(stamp)
             self._inline.commit()
         except BaseException:
             self._inline.rollback()
             raise
         if self.observe is not None:
             self.observe(time.perf_counter() - started)
+        return stamps
