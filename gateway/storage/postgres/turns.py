@@ -17,10 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from gateway.core.history import replay
 from gateway.core.ports import Memory, Turn
-from gateway.protocols.openai_chat import cached_tokens, dumps, encode, loads
-from gateway.storage.rows import token_count
+from gateway.protocols.openai_chat import cached_tokens, dumps, encode
+from gateway.storage.rows import memory_of, token_count
 
 # $3, $4: the cached entry's version and row id, or NULL (nothing cached).  The conversation's row comes first
 # (seq -1): system prompt, window, summary, history size, version, row id; messages follow in order unless the row
@@ -71,22 +70,7 @@ async def cut(conn: asyncpg.Connection, owner: str, external_id: str, seq: int, 
 def memory_from_rows(rows: Sequence[Any]) -> Memory:
     """Memory from ``LOAD`` rows read with no cached version: the conversation row (seq -1), then its messages in
     order."""
-    if not rows:
-        return Memory(exists=False, system=None, messages=(), replayed=())
-    _, system_json, window_start, summary_json, size, version, _, _ = rows[0]
-    messages = tuple(loads(row[1]) for row in rows[1:])
-    last_usage = rows[-1][7] if len(rows) > 1 else None
-    return Memory(
-        exists=True,
-        system=tuple(loads(system_json)) if system_json else None,
-        messages=messages,
-        replayed=tuple(map(replay, messages)),
-        window_start=window_start,
-        summary=loads(summary_json) if summary_json else None,
-        last_usage=loads(last_usage) if last_usage else None,
-        size=size,
-        version=version,
-    )
+    return memory_of(rows, usage_column=7)
 
 
 def turn_params(turn: Turn) -> tuple[Any, ...]:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.core.history import replay
 from gateway.core.ports import Memory, Turn
-from gateway.protocols.openai_chat import cached_tokens, dumps, encode, loads
-from gateway.storage.rows import token_count
+from gateway.protocols.openai_chat import cached_tokens, dumps, encode
+from gateway.storage.rows import memory_of, token_count
 
 # The first row is the conversation's (seq -1): its system prompt, window, summary, history size and stamp.
 LOAD = """
@@ -136,22 +135,7 @@ INLINE_READ_BYTES = 1 << 20
 
 def memory_from_rows(rows: list[Any]) -> Memory:
     """Memory from ``LOAD`` rows: the conversation row (seq -1, its system prompt), then messages in order."""
-    if not rows:
-        return Memory(exists=False, system=None, messages=(), replayed=())
-    _, system_json, window_start, summary_json, size, version, _ = rows[0]
-    messages = tuple(loads(row[1]) for row in rows[1:])
-    last_usage = rows[-1][4] if len(rows) > 1 else None
-    return Memory(
-        exists=True,
-        system=tuple(loads(system_json)) if system_json else None,
-        messages=messages,
-        replayed=tuple(map(replay, messages)),
-        window_start=window_start,
-        summary=loads(summary_json) if summary_json else None,
-        last_usage=loads(last_usage) if last_usage else None,
-        size=size,
-        version=version,
-    )
+    return memory_of(rows, usage_column=4)
 
 
 def incarnation_of(rows: list[Any]) -> int | None:
