@@ -30,9 +30,11 @@ class KeyedLocks:
     @asynccontextmanager
     async def hold_all(self, keys: Iterable[tuple[str, str]]) -> AsyncIterator[None]:
         """Hold several keys at once, taken in sorted order so that two holders of overlapping sets never wait
-        for each other in a cycle."""
+        for each other in a cycle: by the shared locks' own order first (``ConversationLocks.rank``), which every
+        process follows alike whatever keys collide."""
+        shared = self.shared
         async with AsyncExitStack() as stack:
-            for key in sorted(set(keys)):
+            for key in sorted(set(keys), key=lambda k: (shared.rank(k) if shared is not None else 0, k)):
                 await stack.enter_async_context(self.hold(key))
             yield
 

@@ -212,6 +212,11 @@ class ConversationLocks(Protocol):
         ``gateway.errors.StorageUnavailable`` when the lock cannot be taken (the database is gone)."""
         ...
 
+    def rank(self, key: tuple[str, str]) -> int:
+        """Where ``key``'s lock sorts: several keys held at once are taken in this order in every process, so two
+        holders of overlapping sets never wait for each other in a cycle (keys whose locks collide rank equal)."""
+        ...
+
 
 class LimitStore(Protocol):
     """Per-key request limits counted in the shared database, so that they hold across processes and replicas.

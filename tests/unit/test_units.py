@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.core.history import fingerprint, match_history, plan_turn, replay
+from gateway.core.ordering import KeyedLocks
 from gateway.core.tokens import FRAMING_TOKENS, MEDIA_TOKENS, TokenCounter, family
 from gateway.core.window import Budget, place_window
 from gateway.errors import InvalidRequest
@@ -275,3 +278,29 @@ def test_a_window_never_leaves_tool_results_without_their_call() -> None:
         place_window(roles, counts, fixed=1700, start=0, budget=budget, loop_open=True)
     one_turn = Budget(limit=10_000, low_water=0.5, max_turns=1)
     assert place_window(["user", "assistant"] * 2, [1] * 4, fixed=0, start=0, budget=one_turn) == 2
+
+
+class _RecordingLocks:
+    """A ``ConversationLocks`` that grants everything and records the order keys were taken in; its rank is the
+    reverse of the keys' own order, as hashing may make it."""
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[str, str]] = []
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        self.taken.append(key)
+        yield
+
+    def rank(self, key: tuple[str, str]) -> int:
+        return -ord(key[1][0])
+
+
+async def test_hold_all_takes_the_shared_locks_in_their_own_order() -> None:
+    shared = _RecordingLocks()
+    keys = [("o", "a"), ("o", "c"), ("o", "b")]
+    async with KeyedLocks(shared).hold_all(keys):
+        pass
+    # Every process sorts by the shared lock's rank, so overlapping sets never wait for each other in a cycle
+    # even where two keys' locks collide; the keys' own order would not be the same order of locks everywhere.
+    assert shared.taken == [("o", "c"), ("o", "b"), ("o", "a")]

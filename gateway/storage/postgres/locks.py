@@ -144,6 +144,9 @@ class PostgresConversationLocks:
         lock_id = conversation_lock_id(key)
         return _Hold(self, self._sessions[lock_id % len(self._sessions)], lock_id)
 
+    def rank(self, key: tuple[str, str]) -> int:
+        return conversation_lock_id(key)
+
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         """True for one process at a time (``Storage.exclusive``), without waiting: ``pg_try_advisory_lock``."""

@@ -95,6 +95,9 @@ class FileLocks:
         process; ``StorageUnavailable`` when the side file cannot be opened or locked."""
         return _Hold(self, conversation_byte(key))
 
+    def rank(self, key: tuple[str, str]) -> int:
+        return conversation_byte(key)
+
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         """True for at most one block at a time across the processes (this one's other blocks included); never
