@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from gateway.core.access import Gatekeeper, Limiter
+from gateway.core.cache_markers import CacheMarkers
 from gateway.core.chat import ChatService
 from gateway.core.context import ContextPlanner
 from gateway.core.conversations import ConversationsService
@@ -173,6 +174,7 @@ def _chat_service(
         drain=app[DRAIN],
         max_history_bytes=config.max_history_bytes,
         replies=Replies(store, config.idempotency_seconds),
+        markers=CacheMarkers(config.models, counter),
     )
 
 

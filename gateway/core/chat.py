@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from gateway.core.cache_markers import CacheMarkers
 from gateway.core.context import ContextPlanner, Window
 from gateway.core.history import TurnPlan, plan_turn
 from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
@@ -114,7 +115,9 @@ class ChatService:
         drain: Drain,
         max_history_bytes: int,
         replies: Replies,
+        markers: CacheMarkers,
     ) -> None:
+        self._markers = markers
         self._store = store
         self._replies = replies
         self._max_history_bytes = max_history_bytes
@@ -152,7 +155,7 @@ class ChatService:
                 )
             fields = request.body.fields
             window = self._context.current(stored, plan.new_messages, fields)
-            payload = _payload(fields, plan, window)
+            payload = _payload(fields, plan, window, self._markers)
             if not self._context.fits_for_certain(window, payload, stored, new_bytes):
                 window = await self._context.fit(
                     key,
@@ -165,7 +168,7 @@ class ChatService:
                     authorization=request.authorization,
                     headers=request.headers,
                 )
-                payload = _payload(fields, plan, window)
+                payload = _payload(fields, plan, window, self._markers)
             if window.start and not request.trim:
                 raise InvalidRequest(
                     f"The conversation no longer fits this model's context window whole ({window.start} stored "
@@ -371,9 +374,12 @@ def _memory_for(stored: Memory, request: ChatRequest) -> Memory:
     )
 
 
-def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window) -> bytes:
-    """The upstream body: the request's own fields, with messages as system prompt, summary, window, new."""
+def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window, markers: CacheMarkers) -> bytes:
+    """The upstream body: the request's own fields, with messages as system prompt, summary, window, new; cache
+    markers at the end of what the next turn repeats (all but the new messages), on the wire only."""
     messages = [*plan.prompt, *window.lead, *window.history, *plan.new_messages]
+    model = fields.get("model")
+    messages = markers.mark(messages, len(messages) - len(plan.new_messages), model if isinstance(model, str) else None)
     return encode({**fields, "messages": messages})
 
 

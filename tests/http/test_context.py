@@ -78,12 +78,18 @@ async def test_a_300_turn_conversation_never_overflows_and_keeps_its_shape(
 
 
 async def test_cuts_keep_a_byte_identical_prefix_for_at_least_90_percent_of_turns(
-    windowed: Gateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+    tmp_path: Path, upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    for turn in range(200):
-        upstream.script(Script(content=f"Noted. {_sentence(turn)}"))
-        status, _, _ = await _say(http, windowed, [SYSTEM, user(_sentence(turn))])
-        assert status == 200
+    # DashScope's implicit cache matches byte-identical prefixes: measured without explicit markers, which move
+    # to the newest reply every turn (tests/http/test_cache_markers.py checks those).
+    windowed = await _gateway(tmp_path, upstream, WINDOW + 'cache = "implicit"\n')
+    try:
+        for turn in range(200):
+            upstream.script(Script(content=f"Noted. {_sentence(turn)}"))
+            status, _, _ = await _say(http, windowed, [SYSTEM, user(_sentence(turn))])
+            assert status == 200
+    finally:
+        await windowed.stop()
     sent = [orjson.loads(r.raw)["messages"] for r in upstream.requests]
     stable = cuts = 0
     for previous, current in itertools.pairwise(sent):
