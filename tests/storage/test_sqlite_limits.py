@@ -122,14 +122,37 @@ async def test_a_request_refused_for_concurrency_counts_no_start(processes: list
 
 async def test_parallel_processes_together_admit_exactly_the_limit(db: Path) -> None:
     procs = [await _spawn(db, "burst", "10") for _ in range(3)]
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-    admitted = []
-    for proc in procs:
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        admitted.append(int(out))
-    assert sum(admitted) == 5
+    try:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+        admitted = []
+        for proc in procs:
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0
+            admitted.append(int(out))
+        assert sum(admitted) == 5
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+
+
+async def test_opening_waits_out_another_connection_holding_the_database(db: Path) -> None:
+    """Workers starting together: the first read of a connection can meet another's lock (WAL recovery, here an
+    exclusive-mode connection); opening waits for it, as a write would, instead of failing at start-up."""
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("COMMIT")  # the lock stays with the connection until it closes
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, holder.close)
+    limits = await asyncio.to_thread(SqliteLimits.open, db, FileLocks(db), busy_timeout_ms=5000)
+    try:
+        assert (await limits.admit("key", concurrent=0, per_minute=1)).refused is None  # and never waits again
+    finally:
+        await limits.close()
 
 
 async def test_the_slots_of_a_killed_process_stop_counting(db: Path, processes: list[SqliteLimits]) -> None:

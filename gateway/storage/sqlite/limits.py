@@ -63,11 +63,20 @@ class SqliteLimits:
         cls, path: Path, locks: FileLocks, *, busy_timeout_ms: int, clock: Callable[[], float] = time.time
     ) -> SqliteLimits:
         """Two connections to the (already migrated) database at ``path``."""
-        now = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
-        waiting = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False)
-        for db in (now, waiting):
-            # Losing the last starts to a power cut only forgets them: no fsync per admission.
-            db.execute("PRAGMA synchronous = NORMAL")
+        timeout = busy_timeout_ms / 1000
+        now = sqlite3.connect(path, isolation_level=None, timeout=timeout, check_same_thread=False)
+        waiting = sqlite3.connect(path, isolation_level=None, timeout=timeout, check_same_thread=False)
+        try:
+            for db in (now, waiting):
+                # Losing the last starts to a power cut only forgets them: no fsync per admission.  This first
+                # statement reads the schema and may meet another process's WAL recovery (workers starting
+                # together), so it waits like any write; only then does ``now`` stop waiting.
+                db.execute("PRAGMA synchronous = NORMAL")
+            now.execute("PRAGMA busy_timeout = 0")
+        except BaseException:
+            now.close()
+            waiting.close()
+            raise
         return cls(now, waiting, locks, clock)
 
     async def close(self) -> None:
