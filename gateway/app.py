@@ -28,7 +28,9 @@ from gateway.core.context import ContextPlanner
 from gateway.core.conversations import ConversationsService
 from gateway.core.idempotency import Replies
 from gateway.core.keys import KeyRing
+from gateway.core.ledger import Pricing
 from gateway.core.lifecycle import Drain, InFlight
+from gateway.core.metering import Meter
 from gateway.core.ordering import KeyedLocks
 from gateway.core.passthrough import PassThrough
 from gateway.core.ports import Storage, TurnStore
@@ -117,7 +119,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[CHAT] = _chat_service(config, storage.turns, upstream, locks, app)
     app[PASS_THROUGH] = PassThrough(upstream, metrics)
     app[CONVERSATIONS] = ConversationsService(
-        storage.catalog, locks, max_messages=config.max_messages, max_history_bytes=config.max_history_bytes
+        storage.catalog,
+        locks,
+        pricing=Pricing(config.models),
+        max_messages=config.max_messages,
+        max_history_bytes=config.max_history_bytes,
     )
     app[RESPONSES] = ResponsesService(storage.turns, storage.catalog, locks)
     purger = None
@@ -175,6 +181,7 @@ def _chat_service(
         max_history_bytes=config.max_history_bytes,
         replies=Replies(store, config.idempotency_seconds),
         markers=CacheMarkers(config.models, counter),
+        meter=Meter(app[METRICS], Pricing(config.models)),
     )
 
 

@@ -3,7 +3,8 @@
 Each request takes the next ``Script`` from the queue (or a default reply).  A script can answer with an error
 status, delay or never send headers, stream slowly, cut the connection after N chunks, send an error chunk, leave
 out ``finish_reason`` or ``[DONE]``, send exactly the bytes it is given, and reply with reasoning and tool calls,
-streamed or not.
+streamed or not.  With ``billing`` set, each reply's usage is what DashScope's context cache would bill for the
+request (``tests.fake_dashscope``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fake_dashscope import DashScopeBilling, MarkerLimitExceeded, reply_tokens
 
 
 @dataclass
@@ -83,6 +86,8 @@ class FakeUpstream:
         self.others_handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
         # Picks a script from the request body before the queue is asked (e.g. to answer summary requests).
         self.chooser: Callable[[dict[str, Any]], Script | None] | None = None
+        # When set, bills every chat completion answered as DashScope would; the bill's usage replaces any other.
+        self.billing: DashScopeBilling | None = None
 
     @property
     def url(self) -> str:
@@ -167,6 +172,11 @@ class FakeUpstream:
             payload = payload or {"error": {"message": "scripted failure", "type": "server_error", "code": "boom"}}
             return web.json_response(payload, status=script.status, headers=script.headers)
         usage = script.usage or {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        if self.billing is not None and script.raw_stream is None:  # scripted bytes carry no reply to bill
+            try:
+                usage = self.billing.charge(body, reply_tokens(script.content, script.reasoning, script.tool_calls))
+            except MarkerLimitExceeded as exc:
+                return web.json_response(exc.body, status=exc.status)
         if body.get("stream"):
             return await self._stream(request, body, script, usage)
         message: dict[str, Any] = {"role": "assistant", "content": script.content}
@@ -258,7 +268,16 @@ class FakeUpstream:
             return web.json_response(script.error_body or error, status=script.status)
         if script.raw_stream is not None:
             return await _write_raw(request, script)
-        usage = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
+        usage: dict[str, Any] = {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18}
+        if self.billing is not None:  # the same bill, in the native protocol's usage shape
+            chat = {"model": body.get("model"), "messages": body["input"]["messages"]}
+            billed = self.billing.charge(chat, reply_tokens(content))
+            usage = {
+                "input_tokens": billed["prompt_tokens"],
+                "output_tokens": billed["completion_tokens"],
+                "total_tokens": billed["total_tokens"],
+                "prompt_tokens_details": billed["prompt_tokens_details"],
+            }
         if request.headers.get("X-DashScope-SSE") != "enable":
             message = {"role": "assistant", "content": content}
             output = {"choices": [{"finish_reason": "stop", "message": message}]}

@@ -23,7 +23,7 @@ from tests.conftest import run_cli
 
 SDK_KEY = "sk-test"  # the credential of Gateway.sdk() and GatewayProcess.sdk() unless a test names another
 PAGE = 100  # the largest page the API serves
-API_FIELDS = ("id", "object", "created_at", "interrupted", "usage")  # what the API adds to a stored message
+API_FIELDS = ("id", "object", "created_at", "interrupted", "usage", "cost")  # what the API adds to a stored message
 
 
 class Served(Protocol):

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from gateway.core.conversations import ConversationsService, check_history_size, new_conversation_id
 from gateway.core.keys import valid_tenant
+from gateway.core.ledger import Pricing, conversation_ledger
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, ConversationLocks, KeyStore, Storage, StoredMessage
 from gateway.core.retention import SECONDS_PER_DAY
@@ -73,9 +74,11 @@ async def list_conversations(catalog: Catalog, out: TextIO, *, owner: str | None
     _table(out, rows)
 
 
-async def show_conversation(catalog: Catalog, out: TextIO, conversation_id: str, *, owner: str | None) -> None:
+async def show_conversation(
+    catalog: Catalog, out: TextIO, conversation_id: str, *, owner: str | None, pricing: Pricing
+) -> None:
     info = await _one(catalog, conversation_id, owner)
-    for line in transcript(info, await catalog.export_messages(info)):
+    for line in transcript(info, await catalog.export_messages(info), pricing):
         print(line, file=out)
 
 
@@ -168,12 +171,13 @@ async def revoke_key(keys: KeyStore, out: TextIO, key_id: str) -> None:
     print(f"revoked {key_id}", file=out)
 
 
-def transcript(info: ConversationInfo, messages: Sequence[StoredMessage]) -> list[str]:
+def transcript(info: ConversationInfo, messages: Sequence[StoredMessage], pricing: Pricing) -> list[str]:
     """A conversation as readable lines for a terminal."""
     usage = f"tokens: {info.prompt_tokens} prompt, {info.completion_tokens} completion, {info.cached_tokens} cached"
     lines = [
         f"conversation {info.external_id}  owner {_owner(info.owner)}  model {info.model or '-'}",
         f"created {_time(info.created_at)}  updated {_time(info.updated_at)}  {info.message_count} messages  {usage}",
+        _cost_line(conversation_ledger(pricing, messages, info.model).summary()),
     ]
     if info.metadata:
         lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in info.metadata.items()))
@@ -181,6 +185,23 @@ def transcript(info: ConversationInfo, messages: Sequence[StoredMessage]) -> lis
     lines += [_line(body) for body in info.system or ()]
     lines += [_line(m.body, m.interrupted) for m in messages]
     return lines
+
+
+def _cost_line(cost: dict[str, Any]) -> str:
+    tokens = f"{cost['cache_creation_tokens']} written to the cache"
+    if cost["currency"] is None:
+        return f"cost: no price for this model ({tokens})"
+    currency, billed, stateless = cost["currency"], cost["billed_cost"], cost["stateless_cost"]
+    saved = f"{cost['saved_cost'] / stateless:.0%}" if stateless else "0%"
+    return (
+        f"cost: {billed:.6f} {currency} billed ({tokens}), {stateless:.6f} {currency} resending everything "
+        f"without the gateway: {saved} saved"
+        + (
+            f"  ({cost['priced_turns']} of {cost['turns']} replies priced)"
+            if cost["priced_turns"] < cost["turns"]
+            else ""
+        )
+    )
 
 
 def _line(body: dict[str, Any], interrupted: bool = False) -> str:

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from gateway import __version__
 from gateway.app import serve
 from gateway.cli import admin, workers
+from gateway.core.ledger import Pricing
 from gateway.core.ports import Storage
 from gateway.core.transfer import FORMATS, TransferError
 from gateway.errors import GatewayError
@@ -178,7 +179,10 @@ def _admin_command(args: dict[str, Any], config: Config) -> Callable[[Storage], 
     if action == "list":
         return lambda storage: admin.list_conversations(storage.catalog, out, owner=owner, limit=args["limit"])
     if action == "show":
-        return lambda storage: admin.show_conversation(storage.catalog, out, args["ids"][0], owner=owner)
+        pricing = Pricing(config.models)
+        return lambda storage: admin.show_conversation(
+            storage.catalog, out, args["ids"][0], owner=owner, pricing=pricing
+        )
     if action == "export":
         fmt = args["format"]
         return lambda storage: admin.export_conversation(storage.catalog, out, args["ids"][0], owner=owner, fmt=fmt)

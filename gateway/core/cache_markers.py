@@ -119,6 +119,17 @@ def _marked(message: Message) -> Message:
     return {**message, "content": blocks}
 
 
+def carries_markers(messages: Sequence[Message]) -> bool:
+    """Whether any content block carries a marker: DashScope uses its explicit cache for the request (a marker on
+    a message's own fields does nothing)."""
+    return any(
+        isinstance(part, dict) and "cache_control" in part
+        for message in messages
+        if isinstance(content := message.get("content"), list)
+        for part in content
+    )
+
+
 def _has_marker(message: Message) -> bool:
     if "cache_control" in message:
         return True

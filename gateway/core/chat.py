@@ -16,11 +16,12 @@ from typing import Any
 
 import structlog
 
-from gateway.core.cache_markers import CacheMarkers
+from gateway.core.cache_markers import CacheMarkers, carries_markers
 from gateway.core.context import ContextPlanner, Window
 from gateway.core.history import TurnPlan, plan_turn
 from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
 from gateway.core.lifecycle import Drain
+from gateway.core.metering import Meter, asking_usage, passthrough_ledger
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import (
     ConversationChanged,
@@ -54,7 +55,7 @@ from gateway.errors import (
 )
 from gateway.observability.logs import note
 from gateway.observability.metrics import Metrics
-from gateway.protocols.openai_chat import ChatBody, Message, cached_tokens, encode, loads
+from gateway.protocols.openai_chat import ChatBody, Message, encode, loads
 from gateway.protocols.sse import DONE_EVENT, ReplyAssembler
 
 log = structlog.get_logger("gateway")
@@ -94,6 +95,8 @@ class _Memory:
     existed: bool  # the conversation was stored when the turn began (if it is deleted meanwhile, the delete wins)
     version: int  # its stored version then (the fence: Turn.expected_version)
     request: ChatRequest
+    ledger: dict[str, Any]  # what the cost ledger needs besides the usage (gateway.core.ledger)
+    hide_usage: bool  # the gateway asked a stream for its usage, the client did not
 
     @property
     def headers(self) -> dict[str, str]:
@@ -116,8 +119,10 @@ class ChatService:
         max_history_bytes: int,
         replies: Replies,
         markers: CacheMarkers,
+        meter: Meter,
     ) -> None:
         self._markers = markers
+        self._meter = meter
         self._store = store
         self._replies = replies
         self._max_history_bytes = max_history_bytes
@@ -153,9 +158,9 @@ class ChatService:
                     code="conversation_too_large",
                     param="messages",
                 )
-            fields = request.body.fields
+            fields, hide_usage = asking_usage(request.body.fields)
             window = self._context.current(stored, plan.new_messages, fields)
-            payload = _payload(fields, plan, window, self._markers)
+            payload, marked = _payload(fields, plan, window, self._markers)
             if not self._context.fits_for_certain(window, payload, stored, new_bytes):
                 window = await self._context.fit(
                     key,
@@ -168,7 +173,7 @@ class ChatService:
                     authorization=request.authorization,
                     headers=request.headers,
                 )
-                payload = _payload(fields, plan, window, self._markers)
+                payload, marked = _payload(fields, plan, window, self._markers)
             if window.start and not request.trim:
                 raise InvalidRequest(
                     f"The conversation no longer fits this model's context window whole ({window.start} stored "
@@ -192,6 +197,12 @@ class ChatService:
                 stored.exists,
                 stored.version,
                 request,
+                {
+                    "model": request.body.model,
+                    "cache": "explicit" if marked else "implicit",
+                    "unsent_tokens": await self._context.unsent_tokens(key, stored, window, request.body.model),
+                },
+                hide_usage,
             )
             await self._exchange(payload, request, channel, memory)
 
@@ -215,12 +226,15 @@ class ChatService:
             if response.status >= 400:
                 self._upstream.check_credentials(response.status)
                 raise UpstreamHTTPError(response.status, await response.read(), response.headers)
+            ledger = memory.ledger if memory is not None else passthrough_ledger(request.raw, request.body)
             if response.is_event_stream:
-                await self._relay_stream(response, channel, memory)
+                await self._relay_stream(response, channel, memory, ledger)
             else:
-                await self._relay_body(response, channel, memory)
+                await self._relay_body(response, channel, memory, ledger)
 
-    async def _relay_body(self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None) -> None:
+    async def _relay_body(
+        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, ledger: dict[str, Any]
+    ) -> None:
         body = await response.read()
         completion = parse_completion(body)
         if memory is not None:
@@ -232,27 +246,31 @@ class ChatService:
             message, usage = completion
             await self._record(memory, message, usage, interrupted=False, body=body)
         elif completion is not None:
-            self._note_usage(completion[1])
+            self._meter.reply(completion[1], ledger)
         headers = {**response.headers, **memory.headers} if memory is not None else response.headers
         await channel.respond(response.status, response.content_type, headers, body)
 
-    async def _relay_stream(self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None) -> None:
+    async def _relay_stream(
+        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, ledger: dict[str, Any]
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._metrics.open_streams.inc()
         self._drain.streams.add(task)
         try:
-            await self._relay_events(response, channel, memory)
+            await self._relay_events(response, channel, memory, ledger)
         finally:
             self._drain.streams.discard(task)
             self._metrics.open_streams.dec()
 
-    async def _relay_events(self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None) -> None:
+    async def _relay_events(
+        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, ledger: dict[str, Any]
+    ) -> None:
         headers = {**response.headers, **STREAM_HEADERS, **(memory.headers if memory is not None else {})}
         await channel.open_stream(response.status, response.content_type, headers)
         assembler = ReplyAssembler()
         try:
-            await pump(response, channel, assembler)
+            await pump(response, channel, assembler, hide_usage=memory is not None and memory.hide_usage)
         except StreamFailed as failed:
             self._metrics.upstream_errors.labels(type(failed.error).__name__).inc()
             note(stream_error=failed.error.code)
@@ -267,7 +285,7 @@ class ChatService:
                 await send_quietly(channel, error_event(_SHUTTING_DOWN))
             raise
         if memory is None:
-            self._note_usage(assembler.usage)
+            self._meter.reply(assembler.usage, ledger)
         else:
             try:
                 reply = assembler.message()
@@ -292,7 +310,7 @@ class ChatService:
         body: bytes | None = None,
     ) -> None:
         """Store the turn; ``body``: the completion the client got, kept under its Idempotency-Key if it has one."""
-        self._note_usage(usage)
+        self._meter.reply(usage, memory.ledger)
         request = memory.request
         if not request.record:
             note(recorded=False)
@@ -342,19 +360,9 @@ class ChatService:
                 expected_version=memory.version if memory.existed else None,
                 idempotent=kept,
                 response=memory.request.response,
+                ledger=memory.ledger,
             ),
         )
-
-    def _note_usage(self, usage: dict[str, Any] | None) -> None:
-        if not usage:
-            return
-        cached = cached_tokens(usage)
-        note(
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            cached_tokens=cached,
-        )
-        self._metrics.note_usage(usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
 
 
 def _memory_for(stored: Memory, request: ChatRequest) -> Memory:
@@ -374,13 +382,14 @@ def _memory_for(stored: Memory, request: ChatRequest) -> Memory:
     )
 
 
-def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window, markers: CacheMarkers) -> bytes:
+def _payload(fields: dict[str, Any], plan: TurnPlan, window: Window, markers: CacheMarkers) -> tuple[bytes, bool]:
     """The upstream body: the request's own fields, with messages as system prompt, summary, window, new; cache
-    markers at the end of what the next turn repeats (all but the new messages), on the wire only."""
+    markers at the end of what the next turn repeats (all but the new messages), on the wire only.  And whether
+    it carries markers (the gateway's or the client's): the explicit cache then bills its hits."""
     messages = [*plan.prompt, *window.lead, *window.history, *plan.new_messages]
     model = fields.get("model")
     messages = markers.mark(messages, len(messages) - len(plan.new_messages), model if isinstance(model, str) else None)
-    return encode({**fields, "messages": messages})
+    return encode({**fields, "messages": messages}), carries_markers(messages)
 
 
 async def _replay(kept: bytes, request: ChatRequest, channel: ReplyChannel) -> None:

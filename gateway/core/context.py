@@ -141,6 +141,23 @@ class ContextPlanner:
         changed = start != window.start or summary is not window.summary
         return Window(lead, window.replayed, start, summary, window.limit, loop_open, changed)
 
+    async def unsent_tokens(self, key: Hashable, stored: Memory, window: Window, model: str | None) -> int:
+        """Tokens of the stored history the window leaves out of this request, less the summary sent in its
+        place: what a stateless client resending everything would have sent besides (the cost ledger's
+        comparison).  The per-message counts are the ones ``fit`` keeps between turns, so a turn counts only what
+        it added; a large history is counted in a worker thread, as ``fit`` does."""
+        if not window.start:
+            return 0
+        await self._counter.prepare(model)
+
+        def count() -> int:
+            left_out = sum(self._counter.history(key, model, window.replayed)[: window.start])
+            return max(0, left_out - self._counter.messages(model, window.lead))
+
+        if stored.size > OFF_LOOP_BYTES or len(stored.messages) > OFF_LOOP_MESSAGES:
+            return await asyncio.to_thread(count)
+        return count()
+
     def _count(
         self,
         key: Hashable,

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.core.conversation_items import ConversationItems, parse_items
 from gateway.core.history import split_system
+from gateway.core.ledger import Pricing, conversation_ledger, reply_cost
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, NewMessage, StoredMessage
 from gateway.errors import Conflict, InvalidRequest, NotFound
@@ -90,10 +91,12 @@ class ConversationsService:
         catalog: Catalog,
         locks: KeyedLocks,
         *,
+        pricing: Pricing | None = None,
         max_messages: int | None = None,
         max_history_bytes: int | None = None,
     ) -> None:
         self._catalog = catalog
+        self._pricing = pricing or Pricing()
         self._locks = locks
         self._max_messages = max_messages
         self._max_history_bytes = max_history_bytes
@@ -111,7 +114,11 @@ class ConversationsService:
         return list_object([conversation_object(c) for c in found[: page.limit]], has_more=len(found) > page.limit)
 
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
-        return conversation_object(await self._existing(owner, conversation_id))
+        """The conversation with its ``cost`` (``gateway.core.ledger``), summed over every reply it holds."""
+        conversation = await self._existing(owner, conversation_id)
+        messages = await self._catalog.export_messages(conversation)
+        cost = conversation_ledger(self._pricing, messages, conversation.model).summary()
+        return {**conversation_object(conversation), "cost": cost}
 
     async def messages(self, owner: str, conversation_id: str, page: PageRequest) -> dict[str, Any]:
         conversation = await self._existing(owner, conversation_id)
@@ -121,7 +128,8 @@ class ConversationsService:
         found = await self._catalog.list_messages(
             conversation, limit=page.limit + 1, order=page.order, cursor_seq=cursor_seq
         )
-        return list_object([message_object(m) for m in found[: page.limit]], has_more=len(found) > page.limit)
+        items = [message_object(m, reply_cost(self._pricing, m, conversation.model)) for m in found[: page.limit]]
+        return list_object(items, has_more=len(found) > page.limit)
 
     async def set_metadata(self, owner: str, conversation_id: str, body: Any) -> dict[str, Any]:
         """PATCH (or OpenAI's POST): replace the metadata (the whole object, as OpenAI's conversations API does)."""
@@ -248,8 +256,8 @@ def conversation_object(c: ConversationInfo) -> dict[str, Any]:
     }
 
 
-def message_object(m: StoredMessage) -> dict[str, Any]:
-    """The stored message's own fields, plus its stable id, time and flags."""
+def message_object(m: StoredMessage, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stored message's own fields, plus its stable id, time and flags, and a reply's usage and cost."""
     item = {
         **m.body,
         "id": f"{_MESSAGE_ID_PREFIX}{m.row_id}",
@@ -259,6 +267,8 @@ def message_object(m: StoredMessage) -> dict[str, Any]:
     }
     if m.usage is not None:
         item["usage"] = m.usage
+    if cost is not None:
+        item["cost"] = cost
     return item
 
 

@@ -86,6 +86,9 @@ class Turn:
     expected_version: int | None = None
     idempotent: IdempotentReply | None = None  # the reply to keep under the request's Idempotency-Key
     response: ResponseRecord | None = None  # the Responses API call this turn answers, recorded with it
+    # What the gateway alone knows about the turn's request (its model, cache mode, history left unsent: see
+    # ``gateway.core.ledger``), kept beside ``usage`` on the reply.
+    ledger: dict[str, Any] | None = None
 
 
 class ConversationDeleted(Exception):
@@ -138,6 +141,7 @@ class StoredMessage:
     created_at: float
     interrupted: bool
     usage: dict[str, Any] | None
+    ledger: dict[str, Any] | None = None  # a reply's ``Turn.ledger``, when its turn had one
 
 
 @dataclass(frozen=True)
@@ -156,12 +160,13 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class NewMessage:
-    """A message to insert as it is (an import keeps its time, flag and usage; a create stamps them)."""
+    """A message to insert as it is (an import keeps its time, flag, usage and ledger; a create stamps them)."""
 
     body: Message
     created_at: float
     interrupted: bool = False
     usage: dict[str, Any] | None = None
+    ledger: dict[str, Any] | None = None
 
 
 # --- readiness ----------------------------------------------------------------------------------------------

@@ -40,9 +40,13 @@ class StreamFailed(Exception):
         self.error = error
 
 
-async def pump(response: UpstreamReply, channel: ReplyChannel, assembler: ReplyAssembler) -> None:
+async def pump(
+    response: UpstreamReply, channel: ReplyChannel, assembler: ReplyAssembler, *, hide_usage: bool = False
+) -> None:
     """Relay SSE events until ``[DONE]`` (held back for the caller); fold only what the client was sent into
-    ``assembler``.  Any way the stream can end short of a finished reply raises ``StreamFailed``."""
+    ``assembler``, and the usage.  ``hide_usage``: the gateway asked for the usage chunk for its own ledger, the
+    client did not, so that chunk is not relayed.  Any way the stream can end short of a finished reply raises
+    ``StreamFailed``."""
     parser = SseParser()
     done = False
     try:
@@ -57,7 +61,8 @@ async def pump(response: UpstreamReply, channel: ReplyChannel, assembler: ReplyA
                     done = True
                     break
                 chunk = _parse_chunk(event.data)
-                out.append(event.raw)
+                if not (hide_usage and chunk.get("choices") == [] and "usage" in chunk):
+                    out.append(event.raw)
                 chunks.append(chunk)
             if out:
                 await channel.send(b"".join(out))

@@ -2,8 +2,9 @@
 
 ``jsonl`` is the exact format: a ``conversation`` line (id, owner, times, model, metadata, system prompt, token
 totals, the context window's cut and summary) followed by one ``conversation.message`` line per message (the
-message as stored, its time, interrupted flag and usage).  Importing it rebuilds the conversation exactly, so
-export → import → export gives the same bytes.
+message as stored, its time, interrupted flag and usage, and the gateway's ``ledger`` of its turn on a reply that
+has one: the key is left out otherwise, so files written before there were ledgers import and export unchanged).
+Importing it rebuilds the conversation exactly, so export → import → export gives the same bytes.
 A file may hold several conversations one after another.
 
 ``openai`` is one line per conversation, ``{"model", "messages", "metadata"}``: the system prompt and history as a
@@ -63,19 +64,20 @@ def export_lines(info: ConversationInfo, messages: Sequence[StoredMessage], fmt:
         },
         "window": {"start": info.window_start, "summary": info.summary},
     }
-    lines = [
-        dumps(
-            {
-                "object": "conversation.message",
-                "created_at": m.created_at,
-                "interrupted": m.interrupted,
-                "usage": m.usage,
-                "message": m.body,
-            }
-        )
-        for m in messages
-    ]
-    return [dumps(header), *lines]
+    return [dumps(header), *map(_message_line, messages)]
+
+
+def _message_line(m: StoredMessage) -> str:
+    line: dict[str, Any] = {
+        "object": "conversation.message",
+        "created_at": m.created_at,
+        "interrupted": m.interrupted,
+        "usage": m.usage,
+    }
+    if m.ledger is not None:
+        line["ledger"] = m.ledger
+    line["message"] = m.body
+    return dumps(line)
 
 
 def parse_import(
@@ -155,11 +157,13 @@ def _window(value: Any) -> dict[str, Any]:
 
 def _message(record: dict[str, Any]) -> NewMessage:
     usage = record["usage"]
+    ledger = record.get("ledger")  # absent from older exports, and from messages without one
     return NewMessage(
         body=validate_messages([record["message"]])[0],
         created_at=_typed(record["created_at"], float),
         interrupted=_typed(record["interrupted"], bool),
         usage=_typed(usage, dict) if usage is not None else None,
+        ledger=_typed(ledger, dict) if ledger is not None else None,
     )
 
 

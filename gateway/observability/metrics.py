@@ -44,7 +44,19 @@ class Metrics:
         )
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._first_byte: dict[str, Histogram] = {}
-        self._token_kinds = {kind: self.tokens.labels(kind) for kind in ("prompt", "completion", "cached")}
+        self._token_kinds = {
+            kind: self.tokens.labels(kind) for kind in ("prompt", "completion", "cached", "cache_creation")
+        }
+        self.cost = Counter(
+            "gateway_cost", "Replies' cost by kind: as billed, at list price (no cache), and the explicit cache's "
+            "write premium (part of billed), by currency.",
+            ["kind", "currency"], registry=r,
+        )  # fmt: skip
+        self.cost_saved = Counter(
+            "gateway_cost_saved", "What cache hits and the window's cut took off the list price, before the write "
+            "premium (gateway_cost_total{kind=\"cache_write_premium\"}).",
+            ["currency"], registry=r,
+        )  # fmt: skip
         self.db_writes = Histogram(
             "gateway_db_write_seconds", "Time to commit a batch of turns.", buckets=_DB_BUCKETS, registry=r
         )
@@ -69,10 +81,21 @@ class Metrics:
         """Report the number of stored conversations, read when scraped."""
         self.registry.register(_Conversations(count))
 
-    def note_usage(self, prompt: object, completion: object, cached: object) -> None:
+    def note_usage(self, prompt: int, completion: int, cached: int, creation: int) -> None:
         for kind, value in (("prompt", prompt), ("completion", completion), ("cached", cached)):
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if value > 0:
                 self._token_kinds[kind].inc(value)
+        if creation > 0:
+            self._token_kinds["cache_creation"].inc(creation)
+
+    def note_cost(self, currency: str, *, billed: float, listed: float, premium: float, saved: float) -> None:
+        """One reply's cost (``gateway.core.ledger.TurnCost``): ``saved`` before the cache-write ``premium``."""
+        self.cost.labels("billed", currency).inc(billed)
+        self.cost.labels("list", currency).inc(listed)
+        if premium > 0:
+            self.cost.labels("cache_write_premium", currency).inc(premium)
+        if saved > 0:
+            self.cost_saved.labels(currency).inc(saved)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -62,8 +62,8 @@ def native_usage(usage: Any) -> dict[str, Any] | None:
         "total_tokens": usage.get("total_tokens", 0),
     }
     details = usage.get("prompt_tokens_details")
-    if isinstance(details, dict) and "cached_tokens" in details:
-        result["prompt_tokens_details"] = {"cached_tokens": details["cached_tokens"]}
+    if isinstance(details, dict):  # cached tokens, and the explicit cache's creation tokens and type
+        result["prompt_tokens_details"] = details
     return result
 
 
@@ -241,8 +241,11 @@ def openai_chunk(event: str | None, data: str) -> bytes:
         "object": "chat.completion.chunk",
         "choices": [{"index": 0, "delta": message, "finish_reason": finish}],
     }
-    usage = openai_usage(native.get("usage"))
-    if usage is not None and finish:
-        chunk["usage"] = usage
     out = b"data: " + dumps(chunk).encode() + b"\n\n"
-    return out + b"data: [DONE]\n\n" if finish else out
+    if not finish:
+        return out
+    usage = openai_usage(native.get("usage"))
+    if usage is not None:  # in a chunk of its own, as OpenAI streams send it (include_usage)
+        tail = {"id": chunk["id"], "object": "chat.completion.chunk", "choices": [], "usage": usage}
+        out += b"data: " + dumps(tail).encode() + b"\n\n"
+    return out + b"data: [DONE]\n\n"

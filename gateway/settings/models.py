@@ -1,4 +1,4 @@
-"""Per-model settings: context window, tokens reserved for the reply, reasoning replay and cache policies.
+"""Per-model settings: context window, tokens reserved for the reply, reasoning replay, cache policy and prices.
 
 Built-in defaults for DashScope's current Qwen models (context windows as DashScope's model pages give them for the
 stable aliases; a dated snapshot such as ``qwen-plus-2025-07-28`` takes the settings of the longest configured name
@@ -9,6 +9,13 @@ catch-all for every other model.
 supporting its explicit cache (qwen3-max, qwen3.6-plus, qwen3.5-plus, qwen-plus, qwen3.5-flash, qwen-flash,
 qwen3-coder-plus, qwen3-coder-flash; https://www.alibabacloud.com/help/en/model-studio/context-cache, Mar 31,
 2026, and https://docs.qwencloud.com/developer-guides/text-generation/context-cache), ``"implicit"`` for the rest.
+
+``input_price`` / ``output_price`` (per million tokens, in ``currency``) price the cost ledger
+(``gateway.core.ledger``).  Built in: Model Studio's international (Singapore) list prices in USD, first tier
+(the shortest inputs; longer inputs cost more on qwen3-max and the coder models), non-thinking output, as
+Alibaba Cloud's model and billing pages gave them (stored copies dated April 2025 to May 2026; checked
+2026-12-01).  A model without prices gets token figures but no costs.  The China (Beijing) region bills in CNY at
+other prices: configure them there.
 """
 
 from __future__ import annotations
@@ -29,18 +36,21 @@ class ModelSettings:
     reserve_tokens: int
     reasoning_replay: str = "never"
     cache: str = "implicit"
+    input_price: float | None = None  # per million tokens, in currency
+    output_price: float | None = None
+    currency: str = "USD"
 
 
 BUILT_IN: dict[str, ModelSettings] = {
     "default": ModelSettings(32_768, 4_096),
-    "qwen-max": ModelSettings(32_768, 8_192),
-    "qwen3-max": ModelSettings(262_144, 65_536, cache="auto"),
-    "qwen-plus": ModelSettings(1_000_000, 32_768, cache="auto"),
-    "qwen-turbo": ModelSettings(1_000_000, 16_384),
-    "qwen-flash": ModelSettings(1_000_000, 32_768, cache="auto"),
+    "qwen-max": ModelSettings(32_768, 8_192, input_price=1.6, output_price=6.4),
+    "qwen3-max": ModelSettings(262_144, 65_536, cache="auto", input_price=1.2, output_price=6.0),
+    "qwen-plus": ModelSettings(1_000_000, 32_768, cache="auto", input_price=0.4, output_price=1.2),
+    "qwen-turbo": ModelSettings(1_000_000, 16_384, input_price=0.05, output_price=0.2),
+    "qwen-flash": ModelSettings(1_000_000, 32_768, cache="auto", input_price=0.05, output_price=0.4),
     "qwen-long": ModelSettings(10_000_000, 32_768),
-    "qwen3-coder-plus": ModelSettings(1_000_000, 65_536, cache="auto"),
-    "qwen3-coder-flash": ModelSettings(1_000_000, 65_536, cache="auto"),
+    "qwen3-coder-plus": ModelSettings(1_000_000, 65_536, cache="auto", input_price=1.0, output_price=5.0),
+    "qwen3-coder-flash": ModelSettings(1_000_000, 65_536, cache="auto", input_price=0.3, output_price=1.5),
     "qwq-plus": ModelSettings(131_072, 8_192, "tool_loop"),
 }
 
@@ -93,8 +103,26 @@ def parse_models(tables: Mapping[str, Any], error: type[Exception]) -> ModelTabl
                 if value not in CACHE_POLICIES:
                     raise error(f"{path}: must be one of {', '.join(CACHE_POLICIES)}, got {value!r}")
                 settings = replace(settings, cache=value)
+            elif key in ("input_price", "output_price"):
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1_000_000:
+                    raise error(f"{path}: expected a price per million tokens (a number, 0 or more), got {value!r}")
+                price = float(value)
+                settings = (
+                    replace(settings, input_price=price)
+                    if key == "input_price"
+                    else replace(settings, output_price=price)
+                )
+            elif key == "currency":
+                if not isinstance(value, str) or not value.isalpha() or not 1 <= len(value) <= 8:
+                    raise error(f'{path}: expected a currency code such as "USD" or "CNY", got {value!r}')
+                settings = replace(settings, currency=value.upper())
             else:
-                raise error(f"{path}: unknown setting (context_tokens, reserve_tokens, reasoning_replay, cache)")
+                raise error(
+                    f"{path}: unknown setting (context_tokens, reserve_tokens, reasoning_replay, cache, input_price, "
+                    "output_price, currency)"
+                )
+        if (settings.input_price is None) != (settings.output_price is None):
+            raise error(f'models."{name}": set both input_price and output_price, or neither')
         if settings.reserve_tokens >= settings.context_tokens:
             raise error(f'models."{name}".reserve_tokens: must be smaller than context_tokens')
         entries[name] = settings

@@ -1,6 +1,6 @@
 """Row shapes every backend shares: a conversation's rows read back as its ``Memory``, a message row as a
-``StoredMessage``, and a usage count as stored (a non-negative integer, anything else 0).  Pure: no driver, no
-SQL."""
+``StoredMessage`` (with its usage and ledger), and a usage count as stored (a non-negative integer, anything else
+0).  Pure: no driver, no SQL."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def token_count(value: Any) -> int:
 
 
 def stored_message(row: Any) -> StoredMessage:
-    """A message row read as (row id, seq, body, created_at, interrupted, usage_json)."""
+    """A message row read as (row id, seq, body, created_at, interrupted, usage_json, ledger_json): every
+    backend's message reads select these columns in this order."""
     return StoredMessage(
         row_id=row[0],
         seq=row[1],
@@ -26,6 +27,7 @@ def stored_message(row: Any) -> StoredMessage:
         created_at=row[3],
         interrupted=bool(row[4]),
         usage=loads(row[5]) if row[5] else None,
+        ledger=loads(row[6]) if row[6] else None,
     )
 
 

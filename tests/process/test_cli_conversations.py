@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import CliResult, Gateway, run_cli, user
+from tests.fake_dashscope import DashScopeBilling, Prices
 from tests.fake_upstream import FakeUpstream, Script
 from tests.stored import cli_dump, cli_list
 
@@ -177,3 +178,17 @@ async def test_a_missing_database_is_a_bad_setting_not_a_new_file(tmp_path: Path
     result = await run_cli("conversations", "list", "--config", str(empty), "--db", str(tmp_path / "typo.db"))
     assert result.status == 2 and result.err.startswith("gateway: error: storage.path: no database")
     assert not (tmp_path / "typo.db").exists()
+
+
+async def test_show_prints_the_cost_at_the_configured_prices(gateway: Gateway, upstream: FakeUpstream) -> None:
+    upstream.billing = DashScopeBilling(Prices(0.8, 2.0))
+    for turn in range(3):
+        await _turn(gateway, "costly", f"turn {turn}: " + "a phone with a big screen, please. " * 150, system=turn == 0)
+    config = gateway.db_path.parent / "prices.toml"
+    config.write_text('[models."qwen-plus"]\ninput_price = 0.8\noutput_price = 2.0\ncurrency = "CNY"\n')
+    shown = await run_cli("conversations", "show", "costly", "--config", str(config), "--db", str(gateway.db_path))
+    assert shown.status == 0, shown.err
+    cost_line = next(line for line in shown.out.splitlines() if line.startswith("cost: "))
+    assert f"{upstream.billing.total_cost:.6f} CNY billed" in cost_line
+    assert f"({upstream.billing.total_creation_tokens} written to the cache)" in cost_line
+    assert upstream.billing.total_creation_tokens > 0  # qwen-plus is "auto": marked once the prefix is long enough

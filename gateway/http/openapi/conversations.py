@@ -47,7 +47,11 @@ def conversation_paths() -> dict[str, Any]:
         },
         "/v1/conversations/{conversation_id}": {
             "parameters": in_path,
-            "get": operation("One conversation", conversation, errors=(400, 404, 503)),
+            "get": operation(
+                "One conversation, with its cost ledger",
+                json_content(ref("ConversationWithCost"), "The conversation and its cost"),
+                errors=(400, 404, 503),
+            ),
             "patch": operation(
                 "Replace its metadata", conversation, errors=(400, 404, 413, 503), body="UpdateConversation"
             ),

@@ -10,6 +10,31 @@ from gateway.core.conversations import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX
 from gateway.http.openapi.parts import CONVERSATION_ID, NULLABLE_STRING, object_schema, ref
 from gateway.protocols.openai_chat import ROLES
 
+_COST_TOKENS = (
+    "turns",
+    "priced_turns",
+    "input_tokens",
+    "cached_tokens",
+    "explicit_cached_tokens",
+    "implicit_cached_tokens",
+    "cache_creation_tokens",
+    "output_tokens",
+    "stateless_input_tokens",
+)
+_REPLY_AMOUNTS = ("list_input_cost", "billed_input_cost", "output_cost", "billed_cost")
+_COST_AMOUNTS = (*_REPLY_AMOUNTS, "stateless_cost", "saved_cost")
+
+_CONVERSATION = {
+    "id": {"type": "string"},
+    "object": {"type": "string", "enum": ["conversation"]},
+    "created_at": {"type": "integer"},
+    "updated_at": {"type": "integer"},
+    "message_count": {"type": "integer"},
+    "model": NULLABLE_STRING,
+    "metadata": ref("Metadata"),
+    "usage": ref("Usage"),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": object_schema(
         {
@@ -41,18 +66,23 @@ SCHEMAS: dict[str, Any] = {
         },
         ("prompt_tokens", "completion_tokens", "cached_tokens"),
     ),
-    "Conversation": object_schema(
+    "Conversation": object_schema(_CONVERSATION, tuple(_CONVERSATION)),
+    # GET of one conversation: the ledger summed over every reply it holds (gateway.core.ledger).
+    "ConversationWithCost": object_schema({**_CONVERSATION, "cost": ref("ConversationCost")}, (*_CONVERSATION, "cost")),
+    "ConversationCost": object_schema(
         {
-            "id": {"type": "string"},
-            "object": {"type": "string", "enum": ["conversation"]},
-            "created_at": {"type": "integer"},
-            "updated_at": {"type": "integer"},
-            "message_count": {"type": "integer"},
-            "model": NULLABLE_STRING,
-            "metadata": ref("Metadata"),
-            "usage": ref("Usage"),
+            "currency": NULLABLE_STRING,
+            **{name: {"type": "integer"} for name in _COST_TOKENS},
+            **{name: {"type": "number", "nullable": True} for name in _COST_AMOUNTS},
         },
-        ("id", "object", "created_at", "updated_at", "message_count", "model", "metadata", "usage"),
+        ("currency", *_COST_TOKENS, *_COST_AMOUNTS),
+    ),
+    "ReplyCost": object_schema(
+        {
+            "currency": NULLABLE_STRING,
+            **{name: {"type": "number", "nullable": True} for name in _REPLY_AMOUNTS},
+        },
+        ("currency", *_REPLY_AMOUNTS),
     ),
     "StoredMessage": object_schema(
         {
@@ -62,6 +92,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "integer"},
             "interrupted": {"type": "boolean"},
             "usage": {"type": "object"},
+            "cost": ref("ReplyCost"),
         },
         ("id", "object", "role", "created_at", "interrupted"),
         extra=True,  # the message's own fields (content, tool_calls, ...) as stored

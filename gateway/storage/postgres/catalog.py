@@ -55,7 +55,7 @@ _FIND_CONVERSATIONS = f"SELECT {_COLUMNS} FROM conversations WHERE external_id =
 # Pages of one conversation's messages in seq order, after the cursor message's seq ($3); $2 the limit (NULL: all).
 _LIST_MESSAGES = {
     (order, paged): f"""
-SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
+SELECT id, seq, body, created_at, interrupted, usage_json, ledger_json FROM messages
  WHERE conversation_id = $1{f" AND seq {op} $3::integer" if paged else ""}
  ORDER BY seq {order.upper()} LIMIT $2::bigint
 """  # noqa: S608
@@ -81,11 +81,12 @@ WITH conversation AS (
     ON CONFLICT (owner, external_id) DO NOTHING
     RETURNING id
 ), inserted AS (
-    INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
-    SELECT conversation.id, m.ord::integer - 1, m.role, m.body, m.created_at, m.interrupted, m.usage_json
+    INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+    SELECT conversation.id, m.ord::integer - 1, m.role, m.body, m.created_at, m.interrupted, m.usage_json,
+           m.ledger_json
       FROM conversation,
-           unnest($12::text[], $13::text[], $14::float8[], $15::boolean[], $16::text[])
-               WITH ORDINALITY AS m (role, body, created_at, interrupted, usage_json, ord)
+           unnest($12::text[], $13::text[], $14::float8[], $15::boolean[], $16::text[], $19::text[])
+               WITH ORDINALITY AS m (role, body, created_at, interrupted, usage_json, ledger_json, ord)
 )
 SELECT id FROM conversation
 """
@@ -99,8 +100,8 @@ ON CONFLICT (owner, external_id) DO NOTHING
 RETURNING id
 """
 _FORK_MESSAGES = """
-INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
-SELECT $1, seq, role, body, created_at, interrupted, usage_json
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+SELECT $1, seq, role, body, created_at, interrupted, usage_json, ledger_json
   FROM messages WHERE conversation_id = $2 AND seq <= $3
 """
 # The seq of the Nth user message from the end: a rewind of N turns cuts there.  The conversation's row is locked
@@ -187,6 +188,7 @@ class PostgresCatalog:
                 [dumps(m.usage) if m.usage is not None else None for m in messages],
                 dumps(info.summary) if info.summary is not None else None,
                 sum(map(len, bodies)),
+                [dumps(m.ledger) if m.ledger is not None else None for m in messages],
             )
         return created is not None
 

@@ -28,11 +28,11 @@ SELECT id, message_count, history_bytes FROM conversations WHERE owner = $1 AND 
 """
 # The new messages as parallel arrays, numbered on from the current count ($2); they come back as stored.
 _INSERT = """
-INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
-SELECT $1, $2 + m.ord::integer - 1, m.role, m.body, m.created_at, m.interrupted, m.usage_json
-  FROM unnest($3::text[], $4::text[], $5::float8[], $6::boolean[], $7::text[])
-           WITH ORDINALITY AS m (role, body, created_at, interrupted, usage_json, ord)
-RETURNING id, seq, body, created_at, interrupted, usage_json
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+SELECT $1, $2 + m.ord::integer - 1, m.role, m.body, m.created_at, m.interrupted, m.usage_json, m.ledger_json
+  FROM unnest($3::text[], $4::text[], $5::float8[], $6::boolean[], $7::text[], $8::text[])
+           WITH ORDINALITY AS m (role, body, created_at, interrupted, usage_json, ledger_json, ord)
+RETURNING id, seq, body, created_at, interrupted, usage_json, ledger_json
 """
 _LOCK = "SELECT id FROM conversations WHERE id = $1 FOR UPDATE"
 _SEQ = "SELECT seq FROM messages WHERE conversation_id = $1 AND id = $2"
@@ -77,6 +77,7 @@ async def append_messages(
             [m.created_at for m in messages],
             [m.interrupted for m in messages],
             [dumps(m.usage) if m.usage is not None else None for m in messages],
+            [dumps(m.ledger) if m.ledger is not None else None for m in messages],
         )
         await conn.execute(RECOUNT, *key, at)
     # RETURNING promises no order: put them in the order they were given (their seq).

@@ -222,6 +222,92 @@ END
 $$
 """
 
+# p002: the turn's ledger (``Turn.ledger``) on its reply, beside the usage.  A function is known by its argument
+# types, so the p001 one is dropped by them first: CREATE OR REPLACE with one more argument would add an overload.
+_OLD_RECORD_TURN_SIGNATURE = """
+DROP FUNCTION gateway_record_turn(
+    TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT[], TEXT[], BIGINT, BOOLEAN, TEXT, BIGINT, BIGINT, BIGINT,
+    BOOLEAN, BIGINT, INTEGER, BOOLEAN, INTEGER, TEXT, TEXT, TEXT, BYTEA, DOUBLE PRECISION, TEXT, DOUBLE PRECISION,
+    TEXT)
+"""
+# As p001's, with p_ledger_json after p_usage_json, stored on the reply as the usage is.
+_RECORD_TURN_FUNCTION_P002 = """
+CREATE FUNCTION gateway_record_turn(
+    p_owner TEXT, p_external_id TEXT, p_at DOUBLE PRECISION, p_model TEXT, p_system_json TEXT,
+    p_roles TEXT[], p_bodies TEXT[], p_bytes BIGINT, p_interrupted BOOLEAN, p_usage_json TEXT, p_ledger_json TEXT,
+    p_prompt_tokens BIGINT, p_completion_tokens BIGINT, p_cached_tokens BIGINT,
+    p_existed BOOLEAN, p_expected_version BIGINT, p_replace_from INTEGER,
+    p_set_window BOOLEAN, p_window_start INTEGER, p_summary_json TEXT,
+    p_reply_key TEXT, p_reply_hash TEXT, p_reply_body BYTEA, p_reply_expires DOUBLE PRECISION,
+    p_response_id TEXT, p_response_created DOUBLE PRECISION, p_response_request TEXT,
+    OUT o_conversation BIGINT, OUT o_version BIGINT
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id BIGINT;
+    v_version BIGINT;
+    v_count INTEGER;
+    v_added INTEGER := cardinality(p_bodies);
+BEGIN
+    SELECT id, version INTO v_id, v_version FROM conversations
+     WHERE owner = p_owner AND external_id = p_external_id FOR UPDATE;
+    IF NOT FOUND THEN
+        IF p_existed THEN
+            RAISE EXCEPTION 'conversation_deleted' USING ERRCODE = 'GW001';
+        END IF;
+        IF p_expected_version IS NOT NULL THEN
+            RAISE EXCEPTION 'conversation_changed' USING ERRCODE = 'GW002';
+        END IF;
+        INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json, version)
+        VALUES (p_owner, p_external_id, p_at, p_at, p_model, p_system_json, 0)
+        ON CONFLICT (owner, external_id) DO NOTHING
+        RETURNING id, version INTO v_id, v_version;
+        IF v_id IS NULL THEN  -- another process created it meanwhile: this turn comes after its first one
+            SELECT id, version INTO v_id, v_version FROM conversations
+             WHERE owner = p_owner AND external_id = p_external_id FOR UPDATE;
+        END IF;
+    ELSIF p_expected_version IS NOT NULL AND v_version <> p_expected_version THEN
+        RAISE EXCEPTION 'conversation_changed' USING ERRCODE = 'GW002';
+    END IF;
+    IF p_replace_from IS NOT NULL THEN
+        PERFORM gateway_cut(v_id, p_replace_from, NULL);
+    END IF;
+    UPDATE conversations SET
+        updated_at = p_at,
+        model = coalesce(p_model, model),
+        system_json = coalesce(p_system_json, system_json),
+        message_count = message_count + v_added,
+        prompt_tokens = prompt_tokens + p_prompt_tokens,
+        completion_tokens = completion_tokens + p_completion_tokens,
+        cached_tokens = cached_tokens + p_cached_tokens,
+        history_bytes = history_bytes + p_bytes,
+        window_start = CASE WHEN p_set_window THEN p_window_start ELSE window_start END,
+        summary_json = CASE WHEN p_set_window THEN p_summary_json ELSE summary_json END,
+        version = v_version + 1
+     WHERE id = v_id
+    RETURNING message_count INTO v_count;
+    INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+    SELECT v_id, v_count - v_added + b.ord::INTEGER - 1, b.role, b.body, p_at,
+           b.ord = v_added AND p_interrupted, CASE WHEN b.ord = v_added THEN p_usage_json END,
+           CASE WHEN b.ord = v_added THEN p_ledger_json END
+      FROM unnest(p_roles, p_bodies) WITH ORDINALITY AS b (role, body, ord);
+    IF p_reply_key IS NOT NULL THEN
+        DELETE FROM idempotent_replies WHERE conversation_id = v_id AND created_at < p_reply_expires;
+        INSERT INTO idempotent_replies (conversation_id, key, request_hash, created_at, body)
+        VALUES (v_id, p_reply_key, p_reply_hash, p_at, p_reply_body)
+        ON CONFLICT (conversation_id, key) DO UPDATE
+            SET request_hash = excluded.request_hash, created_at = excluded.created_at, body = excluded.body;
+    END IF;
+    IF p_response_id IS NOT NULL THEN
+        INSERT INTO responses (id, conversation_id, first_seq, reply_seq, created_at, request_json)
+        VALUES (p_response_id, v_id, v_count - v_added, v_count - 1, p_response_created, p_response_request);
+    END IF;
+    o_conversation := v_id;
+    o_version := v_version + 1;
+END
+$$
+"""
+
 
 async def p001_schema(conn: asyncpg.Connection) -> None:
     await conn.execute(_TABLES)
@@ -230,7 +316,15 @@ async def p001_schema(conn: asyncpg.Connection) -> None:
     await conn.execute(_RECORD_TURN_FUNCTION)
 
 
-MIGRATIONS: tuple[Migration, ...] = (p001_schema, *COORDINATION_MIGRATIONS)
+async def p002_message_ledger(conn: asyncpg.Connection) -> None:
+    # What the gateway alone knows of a turn's request (its model, cache mode, the history the window left
+    # unsent), JSON on the reply row; NULL on every other row and on replies recorded before this migration.
+    await conn.execute("ALTER TABLE messages ADD COLUMN ledger_json TEXT")
+    await conn.execute(_OLD_RECORD_TURN_SIGNATURE)
+    await conn.execute(_RECORD_TURN_FUNCTION_P002)
+
+
+MIGRATIONS: tuple[Migration, ...] = (p001_schema, p002_message_ledger, *COORDINATION_MIGRATIONS)
 
 _RECORDS = "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
 

@@ -28,7 +28,7 @@ WITH r AS (
       FROM responses AS r JOIN conversations AS c ON c.id = r.conversation_id
      WHERE r.id = $1 AND c.owner = $2)
 SELECT r.external_id, r.message_count, r.history_bytes, r.response_created, r.request_json, r.reply_seq,
-       m.id, m.seq, m.body, m.created_at, m.interrupted, m.usage_json
+       m.id, m.seq, m.body, m.created_at, m.interrupted, m.usage_json, m.ledger_json
   FROM r LEFT JOIN messages AS m
     ON m.conversation_id = r.conversation AND m.seq BETWEEN r.first_seq AND r.reply_seq
  ORDER BY m.seq

@@ -3,10 +3,10 @@
 catalog's edits share (``RECOUNT``, ``cut``).
 
 One round trip each way, since every statement crosses the network: a turn is one call of
-``gateway_record_turn`` (migration p001: the fence, the cut it replaces, the conversation row, its messages,
-window, idempotent reply and response, all in the call's own transaction); a load is one statement that, given the
-version of the cached entry, returns only the conversation's row when that version is still the stored one
-(the cached entry is good), else the row and every message.
+``gateway_record_turn`` (migration p001, as p002 replaced it: the fence, the cut it replaces, the conversation row,
+its messages with the usage and ledger on the reply, window, idempotent reply and response, all in the call's own
+transaction); a load is one statement that, given the version of the cached entry, returns only the conversation's
+row when that version is still the stored one (the cached entry is good), else the row and every message.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ SELECT m.seq, m.body, NULL, NULL, NULL, NULL, NULL, m.usage_json
 ORDER BY seq
 """
 
-_PLACEHOLDERS = ", ".join(f"${n}" for n in range(1, 27))
-RECORD_TURN = f"SELECT o_conversation, o_version FROM gateway_record_turn({_PLACEHOLDERS})"  # noqa: S608 ($1..$26)
+_PLACEHOLDERS = ", ".join(f"${n}" for n in range(1, 28))
+RECORD_TURN = f"SELECT o_conversation, o_version FROM gateway_record_turn({_PLACEHOLDERS})"  # noqa: S608 ($1..$27)
 # The SQLSTATEs gateway_record_turn raises: the conversation was deleted meanwhile / its version is not the
 # expected one (the fence).
 CONVERSATION_DELETED = "GW001"
@@ -74,7 +74,7 @@ def memory_from_rows(rows: Sequence[Any]) -> Memory:
 
 
 def turn_params(turn: Turn) -> tuple[Any, ...]:
-    """``RECORD_TURN``'s 26 parameters, everything serialised before the call (see ``gateway_record_turn``)."""
+    """``RECORD_TURN``'s 27 parameters, everything serialised before the call (see ``gateway_record_turn``)."""
     usage = turn.usage or {}
     appended = (*turn.messages, turn.reply)
     encoded = [encode(m) for m in appended]
@@ -91,6 +91,7 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         sum(map(len, encoded)),
         turn.interrupted,
         dumps(turn.usage) if turn.usage is not None else None,
+        dumps(turn.ledger) if turn.ledger is not None else None,
         token_count(usage.get("prompt_tokens")),
         token_count(usage.get("completion_tokens")),
         token_count(cached_tokens(usage)),

@@ -48,7 +48,7 @@ _FIND_CONVERSATIONS = f"SELECT {_COLUMNS} FROM conversations WHERE external_id =
 # Pages of one conversation's messages in seq order, after the cursor message's seq.
 _LIST_MESSAGES = {
     order: f"""
-SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
+SELECT id, seq, body, created_at, interrupted, usage_json, ledger_json FROM messages
  WHERE conversation_id = :conversation AND (:cursor_seq IS NULL OR seq {op} :cursor_seq)
  ORDER BY seq {order.upper()} LIMIT :limit
 """  # noqa: S608
@@ -68,8 +68,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, random())
 ON CONFLICT (owner, external_id) DO NOTHING
 """
 _INSERT_MESSAGE = """
-INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
-VALUES ((SELECT id FROM conversations WHERE owner = ? AND external_id = ?), ?, ?, ?, ?, ?, ?)
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+VALUES ((SELECT id FROM conversations WHERE owner = ? AND external_id = ?), ?, ?, ?, ?, ?, ?, ?)
 """
 # A created or imported conversation keeps the token totals it came with; its size is what it holds.
 _COUNT_CREATED = """
@@ -84,9 +84,9 @@ SELECT owner, :new_id, :at, :at, model, system_json, :metadata, random() FROM co
 ON CONFLICT (owner, external_id) DO NOTHING
 """
 _FORK_MESSAGES = """
-INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
 SELECT (SELECT id FROM conversations WHERE owner = :owner AND external_id = :new_id),
-       seq, role, body, created_at, interrupted, usage_json
+       seq, role, body, created_at, interrupted, usage_json, ledger_json
   FROM messages WHERE conversation_id = :source AND seq <= :last_seq
 """
 # The seq of the Nth user message from the end: a rewind of N turns cuts there.
@@ -180,6 +180,7 @@ class SqliteCatalog:
                         m.created_at,
                         int(m.interrupted),
                         dumps(m.usage) if m.usage is not None else None,
+                        dumps(m.ledger) if m.ledger is not None else None,
                     )
                     for seq, m in enumerate(messages)
                 ],

@@ -22,11 +22,11 @@ from gateway.storage.sqlite.turns import RECOUNT
 
 _STATE = "SELECT id, message_count, history_bytes FROM conversations WHERE owner = ? AND external_id = ?"
 _INSERT = """
-INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _MESSAGES_FROM = """
-SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
+SELECT id, seq, body, created_at, interrupted, usage_json, ledger_json FROM messages
  WHERE conversation_id = ? AND seq >= ? ORDER BY seq
 """
 _SEQ = "SELECT seq FROM messages WHERE conversation_id = ? AND id = ?"
@@ -73,6 +73,7 @@ async def append_messages(
                     m.created_at,
                     int(m.interrupted),
                     dumps(m.usage) if m.usage is not None else None,
+                    dumps(m.ledger) if m.ledger is not None else None,
                 )
                 for i, (m, body) in enumerate(zip(messages, encoded, strict=True))
             ],

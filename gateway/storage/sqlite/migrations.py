@@ -318,6 +318,64 @@ async def m010_shared_limits(db: aiosqlite.Connection) -> None:
     )
 
 
+async def m011_message_ledger(db: aiosqlite.Connection) -> None:
+    # A turn's ledger (``Turn.ledger``: what the gateway alone knows of the request -- its model, cache mode, the
+    # history the window left unsent), JSON on the reply row beside the upstream's usage; NULL on every other row
+    # and on replies recorded before this migration.  The turn trigger anew to carry it; otherwise as m009's.
+    await db.execute("ALTER TABLE messages ADD COLUMN ledger_json TEXT")
+    await db.execute("DROP TRIGGER turn_writes_insert")
+    await db.execute("DROP VIEW turn_writes")
+    await db.execute(
+        """
+        CREATE VIEW turn_writes AS SELECT
+            NULL AS owner, NULL AS external_id, NULL AS at, NULL AS model, NULL AS system_json,
+            NULL AS bodies_json, NULL AS interrupted, NULL AS usage_json,
+            NULL AS prompt_tokens, NULL AS completion_tokens, NULL AS cached_tokens, NULL AS existed,
+            NULL AS expected_version, NULL AS ledger_json
+        WHERE 0
+        """
+    )
+    await db.execute(
+        """
+        CREATE TRIGGER turn_writes_insert INSTEAD OF INSERT ON turn_writes
+        BEGIN
+            SELECT RAISE(ABORT, 'conversation_deleted')
+             WHERE NEW.existed AND NOT EXISTS (
+                   SELECT 1 FROM conversations WHERE owner = NEW.owner AND external_id = NEW.external_id);
+            SELECT RAISE(ABORT, 'conversation_changed')
+             WHERE NEW.expected_version IS NOT NULL AND NEW.expected_version IS NOT (
+                   SELECT version FROM conversations WHERE owner = NEW.owner AND external_id = NEW.external_id);
+            INSERT INTO conversations (owner, external_id, created_at, updated_at, model, system_json,
+                                       message_count, prompt_tokens, completion_tokens, cached_tokens, history_bytes,
+                                       incarnation)
+            VALUES (NEW.owner, NEW.external_id, NEW.at, NEW.at, NEW.model, NEW.system_json,
+                    json_array_length(NEW.bodies_json), NEW.prompt_tokens, NEW.completion_tokens, NEW.cached_tokens,
+                    (SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM json_each(NEW.bodies_json)),
+                    random())
+            ON CONFLICT (owner, external_id) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                model = COALESCE(excluded.model, conversations.model),
+                system_json = COALESCE(excluded.system_json, conversations.system_json),
+                message_count = conversations.message_count + excluded.message_count,
+                prompt_tokens = conversations.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = conversations.completion_tokens + excluded.completion_tokens,
+                cached_tokens = conversations.cached_tokens + excluded.cached_tokens,
+                history_bytes = conversations.history_bytes + excluded.history_bytes,
+                version = conversations.version + 1;
+            -- The last message is the reply: it alone carries the interrupted flag, the usage and the ledger.
+            INSERT INTO messages (conversation_id, seq, role, body, created_at, interrupted, usage_json, ledger_json)
+            SELECT c.id, c.message_count - json_array_length(NEW.bodies_json) + b.key,
+                   json_extract(b.value, '$.role'), b.value, NEW.at,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.interrupted ELSE 0 END,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.usage_json END,
+                   CASE WHEN b.key = json_array_length(NEW.bodies_json) - 1 THEN NEW.ledger_json END
+              FROM conversations AS c, json_each(NEW.bodies_json) AS b
+             WHERE c.owner = NEW.owner AND c.external_id = NEW.external_id;
+        END
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     m001_conversations_and_messages,
     m002_turn_writes,
@@ -329,6 +387,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m008_responses,
     m009_versions_and_keys_version,
     m010_shared_limits,
+    m011_message_ledger,
 )
 
 

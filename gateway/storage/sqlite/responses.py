@@ -26,7 +26,7 @@ SELECT c.id, c.external_id, c.message_count, c.history_bytes, r.created_at, r.re
  WHERE r.id = ? AND c.owner = ?
 """
 _RESPONSE_MESSAGES = """
-SELECT id, seq, body, created_at, interrupted, usage_json FROM messages
+SELECT id, seq, body, created_at, interrupted, usage_json, ledger_json FROM messages
  WHERE conversation_id = ? AND seq BETWEEN ? AND ? ORDER BY seq
 """
 _DELETE_RESPONSE = "DELETE FROM responses WHERE id = ?"

@@ -10,8 +10,9 @@ them, with the cross-process ``locks``, as a ``core.ports.Storage``.
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
 system messages), the last model, counters and timestamps, and its version and incarnation (what other processes'
 caches and the turn fence check, see ``turns``); a *message* row per stored message holds the message
-JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage; a
-*response* row per Responses API call a turn answered names its reply's and first input's seq (``responses``).
+JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage
+and ledger (on its reply); a *response* row per Responses API call a turn answered names its reply's and first
+input's seq (``responses``).
 
 Two paths to the same file.  The *inline* path is a plain ``sqlite3`` connection used on the event loop with
 ``busy_timeout = 0``: it never waits for a lock, and in WAL mode with ``synchronous = NORMAL`` a read or a commit

@@ -1,11 +1,11 @@
 """What a turn writes and what a conversation's rows read back as: the SQL of a ``Turn`` (``core.ports``) and of
 loading a ``Memory``, and the mapping between rows and records, used by ``store`` and ``writer``.
 
-A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002), so it is stored whole or not at all;
-a turn that moved the context window's cut also updates the conversation's ``window_start`` and summary, and one
-that answers a Responses API call records it (migration m008; read back by ``responses``), in the same
-transaction.  Loading reads the conversation row (system prompt, window, summary, version) and its messages in one
-statement.
+A turn is a single ``INSERT`` into the ``turn_writes`` view (migration m002; its trigger as m011 left it, which puts
+the turn's usage and ledger on the reply), so it is stored whole or not at all; a turn that moved the context
+window's cut also updates the conversation's ``window_start`` and summary, and one that answers a Responses API
+call records it (migration m008; read back by ``responses``), in the same transaction.  Loading reads the
+conversation row (system prompt, window, summary, version) and its messages in one statement.
 
 Versions (migration m009): every write that changes what ``load`` returns moves the conversation's ``version`` on by
 one -- a turn once, whatever it holds (its cut of a replaced end included), and ``RECOUNT`` once for an edit -- and
@@ -37,8 +37,8 @@ STAMP = "SELECT incarnation, version FROM conversations WHERE owner = ? AND exte
 
 RECORD_TURN = """
 INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
-                         prompt_tokens, completion_tokens, cached_tokens, existed, expected_version)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                         ledger_json, prompt_tokens, completion_tokens, cached_tokens, existed, expected_version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # What the turn trigger raises for a turn whose conversation was deleted while it was in flight (migration m006),
 # and for one whose conversation is no longer at the version it was planned from (m009: ``Turn.expected_version``).
@@ -159,6 +159,7 @@ def turn_params(turn: Turn) -> tuple[Any, ...]:
         dumps(bodies),
         int(turn.interrupted),
         dumps(turn.usage) if turn.usage is not None else None,
+        dumps(turn.ledger) if turn.ledger is not None else None,
         token_count(usage.get("prompt_tokens")),
         token_count(usage.get("completion_tokens")),
         token_count(cached_tokens(usage)),

@@ -1,0 +1,61 @@
+"""Metering: each upstream reply's usage and cost, into the request's canonical log line and the metrics.
+
+The chat use case hands every reply's usage here, with the turn's ledger (``gateway.core.ledger``), whether the
+turn is recorded or not and whether it has memory or not, so what Prometheus counts is what the upstream billed.
+A streamed turn with memory always asks the upstream for its usage (``asking_usage``): DashScope bills a stream
+whether or not its client wanted the figures, and the ledger must miss no turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.core.cache_markers import carries_markers
+from gateway.core.ledger import Pricing, turn_cost, turn_tokens
+from gateway.observability.logs import note
+from gateway.observability.metrics import Metrics
+from gateway.protocols.openai_chat import ChatBody
+
+
+class Meter:
+    def __init__(self, metrics: Metrics, pricing: Pricing) -> None:
+        self._metrics = metrics
+        self._pricing = pricing
+
+    def reply(self, usage: Mapping[str, Any] | None, ledger: Mapping[str, Any]) -> None:
+        if not usage:
+            return
+        tokens = turn_tokens(usage, ledger)
+        self._metrics.note_usage(tokens.prompt, tokens.completion, tokens.cached, tokens.creation)
+        price = self._pricing.price(tokens.model)
+        cost = turn_cost(tokens, price) if price is not None else None
+        note(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cached_tokens=tokens.cached,
+            cache_creation_tokens=tokens.creation,
+            billed_cost=round(cost.billed, 9) if cost is not None else None,
+        )
+        if cost is not None:
+            self._metrics.note_cost(
+                cost.currency, billed=cost.billed, listed=cost.list, premium=cost.write_premium, saved=cost.saved_gross
+            )
+
+
+def asking_usage(fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The request's fields, a stream asking for its usage chunk; and whether the client did not ask for it (the
+    chunk is then kept from it)."""
+    if fields.get("stream") is not True:
+        return fields, False
+    options = fields.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    if options.get("include_usage") is True:
+        return fields, False
+    return {**fields, "stream_options": {**options, "include_usage": True}}, True
+
+
+def passthrough_ledger(raw: bytes, body: ChatBody) -> dict[str, Any]:
+    """The ledger of a request without memory: sent as the client wrote it (its own markers, if any)."""
+    explicit = b'"cache_control"' in raw and carries_markers(body.messages)
+    return {"model": body.model, "cache": "explicit" if explicit else "implicit", "unsent_tokens": 0}
