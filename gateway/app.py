@@ -116,12 +116,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=UpstreamClient.connector(settings), cookie_jar=aiohttp.DummyCookieJar())
     app[STORE] = storage
     upstream = UpstreamClient(session, settings, metrics)
-    app[CHAT] = _chat_service(config, storage.turns, upstream, locks, app)
+    pricing = Pricing(config.models)
+    app[CHAT] = _chat_service(config, storage.turns, upstream, locks, app, pricing)
     app[PASS_THROUGH] = PassThrough(upstream, metrics)
     app[CONVERSATIONS] = ConversationsService(
         storage.catalog,
         locks,
-        pricing=Pricing(config.models),
+        pricing=pricing,
         max_messages=config.max_messages,
         max_history_bytes=config.max_history_bytes,
     )
@@ -164,6 +165,7 @@ def _chat_service(
     upstream: UpstreamClient,
     locks: KeyedLocks,
     app: web.Application,
+    pricing: Pricing,
 ) -> ChatService:
     counter = TokenCounter()
     summarizer = (
@@ -181,7 +183,7 @@ def _chat_service(
         max_history_bytes=config.max_history_bytes,
         replies=Replies(store, config.idempotency_seconds),
         markers=CacheMarkers(config.models, counter),
-        meter=Meter(app[METRICS], Pricing(config.models)),
+        meter=Meter(app[METRICS], pricing),
     )
 
 

@@ -21,7 +21,7 @@ from gateway.core.context import ContextPlanner, Window
 from gateway.core.history import TurnPlan, plan_turn
 from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
 from gateway.core.lifecycle import Drain
-from gateway.core.metering import Meter, asking_usage, passthrough_ledger
+from gateway.core.metering import Accounting, Meter, asking_usage, passthrough
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import (
     ConversationChanged,
@@ -95,8 +95,7 @@ class _Memory:
     existed: bool  # the conversation was stored when the turn began (if it is deleted meanwhile, the delete wins)
     version: int  # its stored version then (the fence: Turn.expected_version)
     request: ChatRequest
-    ledger: dict[str, Any]  # what the cost ledger needs besides the usage (gateway.core.ledger)
-    hide_usage: bool  # the gateway asked a stream for its usage, the client did not
+    accounting: Accounting  # the turn's ledger, and whether the client is spared the usage chunk
 
     @property
     def headers(self) -> dict[str, str]:
@@ -197,12 +196,14 @@ class ChatService:
                 stored.exists,
                 stored.version,
                 request,
-                {
-                    "model": request.body.model,
-                    "cache": "explicit" if marked else "implicit",
-                    "unsent_tokens": await self._context.unsent_tokens(key, stored, window, request.body.model),
-                },
-                hide_usage,
+                Accounting(
+                    {
+                        "model": request.body.model,
+                        "cache": "explicit" if marked else "implicit",
+                        "unsent_tokens": await self._context.unsent_tokens(key, stored, window, request.body.model),
+                    },
+                    hide_usage,
+                ),
             )
             await self._exchange(payload, request, channel, memory)
 
@@ -226,14 +227,14 @@ class ChatService:
             if response.status >= 400:
                 self._upstream.check_credentials(response.status)
                 raise UpstreamHTTPError(response.status, await response.read(), response.headers)
-            ledger = memory.ledger if memory is not None else passthrough_ledger(request.raw, request.body)
+            accounting = memory.accounting if memory is not None else passthrough(request.raw, request.body)
             if response.is_event_stream:
-                await self._relay_stream(response, channel, memory, ledger)
+                await self._relay_stream(response, channel, memory, accounting)
             else:
-                await self._relay_body(response, channel, memory, ledger)
+                await self._relay_body(response, channel, memory, accounting)
 
     async def _relay_body(
-        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, ledger: dict[str, Any]
+        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, accounting: Accounting
     ) -> None:
         body = await response.read()
         completion = parse_completion(body)
@@ -246,31 +247,31 @@ class ChatService:
             message, usage = completion
             await self._record(memory, message, usage, interrupted=False, body=body)
         elif completion is not None:
-            self._meter.reply(completion[1], ledger)
+            self._meter.reply(completion[1], accounting.ledger)
         headers = {**response.headers, **memory.headers} if memory is not None else response.headers
         await channel.respond(response.status, response.content_type, headers, body)
 
     async def _relay_stream(
-        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, ledger: dict[str, Any]
+        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, accounting: Accounting
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._metrics.open_streams.inc()
         self._drain.streams.add(task)
         try:
-            await self._relay_events(response, channel, memory, ledger)
+            await self._relay_events(response, channel, memory, accounting)
         finally:
             self._drain.streams.discard(task)
             self._metrics.open_streams.dec()
 
     async def _relay_events(
-        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, ledger: dict[str, Any]
+        self, response: UpstreamReply, channel: ReplyChannel, memory: _Memory | None, accounting: Accounting
     ) -> None:
         headers = {**response.headers, **STREAM_HEADERS, **(memory.headers if memory is not None else {})}
         await channel.open_stream(response.status, response.content_type, headers)
         assembler = ReplyAssembler()
         try:
-            await pump(response, channel, assembler, hide_usage=memory is not None and memory.hide_usage)
+            await pump(response, channel, assembler, hide_usage=accounting.hide_usage)
         except StreamFailed as failed:
             self._metrics.upstream_errors.labels(type(failed.error).__name__).inc()
             note(stream_error=failed.error.code)
@@ -285,7 +286,7 @@ class ChatService:
                 await send_quietly(channel, error_event(_SHUTTING_DOWN))
             raise
         if memory is None:
-            self._meter.reply(assembler.usage, ledger)
+            self._meter.reply(assembler.usage, accounting.ledger)
         else:
             try:
                 reply = assembler.message()
@@ -310,7 +311,7 @@ class ChatService:
         body: bytes | None = None,
     ) -> None:
         """Store the turn; ``body``: the completion the client got, kept under its Idempotency-Key if it has one."""
-        self._meter.reply(usage, memory.ledger)
+        self._meter.reply(usage, memory.accounting.ledger)
         request = memory.request
         if not request.record:
             note(recorded=False)
@@ -360,7 +361,7 @@ class ChatService:
                 expected_version=memory.version if memory.existed else None,
                 idempotent=kept,
                 response=memory.request.response,
-                ledger=memory.ledger,
+                ledger=memory.accounting.ledger,
             ),
         )
 

@@ -32,6 +32,8 @@ PER = 1_000_000  # prices are per million tokens
 
 @dataclass(frozen=True)
 class Price:
+    """A model's list prices per million tokens."""
+
     input: float
     output: float
     currency: str
@@ -64,6 +66,7 @@ class TurnTokens:
 
     @property
     def stateless_prompt(self) -> int:
+        """The prompt of a client resending the whole history."""
         return self.prompt + self.unsent
 
 
@@ -77,7 +80,9 @@ def turn_tokens(usage: Mapping[str, Any], ledger: Mapping[str, Any] | None, mode
     creation = min(_creation(details), prompt - cached)
     ledger = ledger or {}
     named = ledger.get("model")
-    explicit = ledger.get("cache") == "explicit" or details.get("cache_type") == "ephemeral" or creation > 0
+    # DashScope says when its explicit cache served a request; markers sent to a model without one are ignored
+    # there, and its hits bill as implicit ones.
+    explicit = details.get("cache_type") == "ephemeral" or creation > 0
     return TurnTokens(
         prompt=prompt,
         completion=_count(usage.get("completion_tokens")),
@@ -89,16 +94,10 @@ def turn_tokens(usage: Mapping[str, Any], ledger: Mapping[str, Any] | None, mode
     )
 
 
-def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
-    """(cached, cache-creation) tokens of an upstream usage object, 0 where it says nothing."""
-    if not usage:
-        return 0, 0
-    tokens = turn_tokens(usage, None)
-    return tokens.cached, tokens.creation
-
-
 @dataclass(frozen=True)
 class TurnCost:
+    """One reply's cost, in ``currency``."""
+
     list_input: float  # every prompt token at the input price
     billed_input: float  # as billed: cache writes at 125%, hits at 10% or 20%
     output: float
@@ -123,6 +122,8 @@ class TurnCost:
 
 
 def turn_cost(tokens: TurnTokens, price: Price) -> TurnCost:
+    """What DashScope bills for one request: the prompt at the input price, but cache writes at 125% and hits at
+    10% (explicit) or 20% (implicit); the reply at the output price."""
     hit_rate = EXPLICIT_HIT_RATE if tokens.explicit else IMPLICIT_HIT_RATE
     uncached = tokens.prompt - tokens.cached - tokens.creation
     billed = uncached + tokens.creation * CREATION_RATE + tokens.cached * hit_rate
@@ -168,6 +169,7 @@ class Ledger:
     def __init__(self, pricing: Pricing) -> None:
         self._pricing = pricing
         self.turns = self.priced_turns = 0
+        self.unmetered_turns = 0  # replies stored without usage (a stream cut short): billed, but by how much?
         self.tokens = {"input": 0, "cached": 0, "explicit_cached": 0, "implicit_cached": 0, "creation": 0}
         self.tokens.update(output=0, stateless_input=0)
         self.currency: str | None = None
@@ -215,6 +217,7 @@ class Ledger:
             "currency": self.currency,
             "turns": self.turns,
             "priced_turns": self.priced_turns,
+            "unmetered_turns": self.unmetered_turns,
             "input_tokens": counts["input"],
             "cached_tokens": counts["cached"],
             "explicit_cached_tokens": counts["explicit_cached"],
@@ -235,8 +238,12 @@ def conversation_ledger(pricing: Pricing, messages: Iterable[StoredMessage], mod
     """Every reply of a conversation summed; ``model``: the conversation's, for replies stored without a ledger."""
     ledger = Ledger(pricing)
     for message in messages:
-        if message.usage is not None and message.body.get("role") == "assistant":
+        if message.body.get("role") != "assistant":
+            continue
+        if message.usage is not None:
             ledger.add(turn_tokens(message.usage, message.ledger, model))
+        elif message.ledger is not None:
+            ledger.unmetered_turns += 1
     return ledger
 
 

@@ -3,12 +3,14 @@
 The chat use case hands every reply's usage here, with the turn's ledger (``gateway.core.ledger``), whether the
 turn is recorded or not and whether it has memory or not, so what Prometheus counts is what the upstream billed.
 A streamed turn with memory always asks the upstream for its usage (``asking_usage``): DashScope bills a stream
-whether or not its client wanted the figures, and the ledger must miss no turn.
+whether or not its client wanted the figures.  What the ledger cannot see: a stream cut before its usage arrived
+(counted as ``unmetered_turns``), and the summary calls of ``memory.summarize``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.cache_markers import carries_markers
@@ -19,11 +21,14 @@ from gateway.protocols.openai_chat import ChatBody
 
 
 class Meter:
+    """Usage and cost of upstream replies, into the log line and the metrics."""
+
     def __init__(self, metrics: Metrics, pricing: Pricing) -> None:
         self._metrics = metrics
         self._pricing = pricing
 
     def reply(self, usage: Mapping[str, Any] | None, ledger: Mapping[str, Any]) -> None:
+        """One reply, recorded or not, with memory or without."""
         if not usage:
             return
         tokens = turn_tokens(usage, ledger)
@@ -55,7 +60,17 @@ def asking_usage(fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**fields, "stream_options": {**options, "include_usage": True}}, True
 
 
-def passthrough_ledger(raw: bytes, body: ChatBody) -> dict[str, Any]:
-    """The ledger of a request without memory: sent as the client wrote it (its own markers, if any)."""
+@dataclass(frozen=True)
+class Accounting:
+    """What metering a turn needs besides its usage."""
+
+    ledger: dict[str, Any]  # stored with the reply (gateway.core.ledger)
+    hide_usage: bool  # a stream's usage chunk is the gateway's, not for the client, who did not ask for it
+
+
+def passthrough(raw: bytes, body: ChatBody) -> Accounting:
+    """A request without memory, sent as the client wrote it (its own markers, if any).  A native upstream reports
+    a stream's usage all the same: relayed only to a client that asked for it, as OpenAI's streams do."""
     explicit = b'"cache_control"' in raw and carries_markers(body.messages)
-    return {"model": body.model, "cache": "explicit" if explicit else "implicit", "unsent_tokens": 0}
+    ledger = {"model": body.model, "cache": "explicit" if explicit else "implicit", "unsent_tokens": 0}
+    return Accounting(ledger, asking_usage(body.fields)[1])

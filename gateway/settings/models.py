@@ -84,7 +84,8 @@ def parse_models(tables: Mapping[str, Any], error: type[Exception]) -> ModelTabl
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise error(f'models."{name}": expected a [models."{name}"] table')
-        settings = entries.get(name, entries["default"])
+        # A new entry (a dated snapshot, say) starts from what its name resolved to: its alias's window and prices.
+        settings = entries.get(name) or ModelTable(entries)[name]
         for key, value in table.items():
             path = f'models."{name}".{key}'
             if key in ("context_tokens", "reserve_tokens"):
@@ -123,6 +124,9 @@ def parse_models(tables: Mapping[str, Any], error: type[Exception]) -> ModelTabl
                 )
         if (settings.input_price is None) != (settings.output_price is None):
             raise error(f'models."{name}": set both input_price and output_price, or neither')
+        if "currency" in table and not ("input_price" in table and "output_price" in table):
+            # Built-in prices are in USD: a currency alone would relabel them.
+            raise error(f'models."{name}".currency: set input_price and output_price in that currency with it')
         if settings.reserve_tokens >= settings.context_tokens:
             raise error(f'models."{name}".reserve_tokens: must be smaller than context_tokens')
         entries[name] = settings

@@ -5,6 +5,7 @@ explicit cache, a window that cuts, and in the metrics and the canonical log lin
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from tests.conftest import Gateway, make_config, start_gateway, user
 from tests.fake_dashscope import DashScopeBilling, Prices
@@ -202,5 +205,75 @@ async def test_a_model_without_a_price_gets_tokens_but_no_cost(
         assert (cost["turns"], cost["priced_turns"], cost["currency"], cost["billed_cost"]) == (1, 0, None, None)
         assert cost["input_tokens"] == billing.total_prompt_tokens
         assert (await _reply_costs(http, gateway))[0]["billed_cost"] is None
+    finally:
+        await gateway.stop()
+
+
+async def test_every_path_into_a_conversation_is_in_its_ledger_and_its_log_lines(
+    explicit: Gateway, upstream: FakeUpstream, billing: DashScopeBilling, http: aiohttp.ClientSession
+) -> None:
+    """A Responses API turn, a stream whose client asked for the usage (and sees it), a repeat answered from the
+    Idempotency-Key's kept reply (not billed again, not counted again), and store: false (billed and metered, not
+    recorded)."""
+    client = explicit.sdk("shop", api_key=KEY)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        upstream.script(Script(content="Which screen size? " * 40))
+        await client.responses.create(
+            model="qwen-plus", instructions=SYSTEM["content"], input="I want a phone", conversation="shop"
+        )
+        upstream.script(Script(content="2K or 4K? " * 40))
+        chunks = [c async for c in await client.chat.completions.create(
+            model="qwen-plus", messages=[user("6.7 inch")], stream=True, stream_options={"include_usage": True}
+        )]  # fmt: skip
+        assert [c.usage.prompt_tokens for c in chunks if c.usage] == [billing.lines[-1].prompt]
+        for _ in range(2):  # the second is a replay
+            upstream.script(Script(content="Black or white? " * 40))
+            await client.chat.completions.create(
+                model="qwen-plus", messages=[user("4K")], extra_headers={"Idempotency-Key": "k1"}
+            )
+        upstream.script(Script(content="Not kept."))
+        await client.responses.create(model="qwen-plus", input="just asking", conversation="shop", store=False)
+    assert len(billing.lines) == 4
+    lines = [e for e in logs if e["event"] == "request" and e.get("upstream_status") == 200]
+    assert [e["cache_creation_tokens"] for e in lines] == [line.creation for line in billing.lines]
+    assert [e["billed_cost"] for e in lines] == pytest.approx([line.cost for line in billing.lines], abs=1e-9)
+    cost = await _cost(http, explicit)
+    recorded = billing.lines[:3]
+    assert cost["turns"] == 3 and cost["input_tokens"] == sum(line.prompt for line in recorded)
+    assert cost["billed_cost"] == pytest.approx(sum(line.cost for line in recorded), abs=1e-12)
+
+
+async def test_a_stream_cut_short_is_counted_as_unmetered(
+    explicit: Gateway, upstream: FakeUpstream, billing: DashScopeBilling, http: aiohttp.ClientSession
+) -> None:
+    await _sdk_turns(explicit, upstream, 1, stream=False)
+    upstream.script(Script(content="A long answer. " * 200, chunk_size=2, chunk_delay=0.01))
+    headers = {"Authorization": f"Bearer {KEY}", "X-Conversation-Id": "shop"}
+    body = {"model": "qwen-plus", "messages": [user("tell me everything")], "stream": True}
+    async with http.post(explicit.url + "/v1/chat/completions", json=body, headers=headers) as response:
+        await response.content.readany()  # the client hangs up after the first bytes
+    for _ in range(100):
+        cost = await _cost(http, explicit)
+        if cost["unmetered_turns"]:
+            break
+        await asyncio.sleep(0.05)
+    assert (cost["turns"], cost["unmetered_turns"]) == (1, 1)
+
+
+async def test_a_native_upstreams_usage_reaches_only_clients_that_ask_for_it(
+    tmp_path: Path, upstream: FakeUpstream, billing: DashScopeBilling
+) -> None:
+    """Without memory too: OpenAI's streams send a usage chunk (``choices: []``) only on include_usage."""
+    gateway = await _gateway(tmp_path, upstream, 'cache = "implicit"', "native")
+    try:
+        client = gateway.sdk(None, api_key=KEY)
+        for asked in (False, True):
+            upstream.script(Script(content="Which screen size?"))
+            options = {"stream_options": {"include_usage": True}} if asked else {}
+            chunks = [c async for c in await client.chat.completions.create(
+                model="qwen-plus", messages=[user("a phone")], stream=True, **options
+            )]  # fmt: skip
+            assert [c for c in chunks if not c.choices] == ([chunks[-1]] if asked else [])
+            assert all(c.usage is None for c in chunks[:-1]) and (chunks[-1].usage is not None) == asked
     finally:
         await gateway.stop()

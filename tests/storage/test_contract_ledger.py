@@ -178,15 +178,20 @@ async def _postgres_before_ledgers(config: Config) -> None:
         for step in (postgres_migrations.p001_schema, *COORDINATION_MIGRATIONS):
             await step(conn)
             await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step.__name__)
-        placeholders = ", ".join(f"${n}" for n in range(1, 27))
-        await conn.execute(
-            f"SELECT gateway_record_turn({placeholders})",
-            *("owner-a", "old", 1.0, "qwen-plus", None, ["user", "assistant"], _BODIES),
-            *(sum(len(b.encode()) for b in _BODIES), False, json.dumps(USAGE), 3019, 104, 2048),
-            *(False, None, None, False, 0, None, None, None, None, None, None, None, None),
-        )
+        await _record_as_p001(conn, "old")
     finally:
         await conn.close()
+
+
+async def _record_as_p001(conn: asyncpg.Connection, conversation: str) -> None:
+    """A turn recorded as the release before ledgers did: p001's ``gateway_record_turn``, 26 arguments."""
+    placeholders = ", ".join(f"${n}" for n in range(1, 27))
+    await conn.execute(
+        f"SELECT gateway_record_turn({placeholders})",
+        *("owner-a", conversation, 1.0, "qwen-plus", None, ["user", "assistant"], _BODIES),
+        *(sum(len(b.encode()) for b in _BODIES), False, json.dumps(USAGE), 3019, 104, 2048),
+        *(False, None, None, False, 0, None, None, None, None, None, None, None, None),
+    )
 
 
 _BEFORE_LEDGERS: dict[str, Callable[[Config], Awaitable[None]]] = {
@@ -209,9 +214,10 @@ async def test_a_database_from_before_ledgers_migrates_and_its_replies_read_none
         turn("new", conversation="old", ledger=LEDGER, existed=True, expected_version=memory.version)
     )
     assert ledgers(await messages_of(storage, old)) == [None, None, None, LEDGER]
-    if backend.name == "postgres":  # p002 replaced the function: the old signature is gone, not left as an overload
+    if backend.name == "postgres":  # a process of the previous release (rolling upgrade) still records its turns
         conn = await asyncpg.connect(backend.config.db_url)
         try:
-            assert await conn.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'gateway_record_turn'") == 1
+            await _record_as_p001(conn, "still-old")
         finally:
             await conn.close()
+        assert ledgers(await messages_of(storage, await existing(storage, "owner-a", "still-old"))) == [None, None]

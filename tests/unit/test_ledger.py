@@ -46,11 +46,11 @@ def test_an_implicit_hit_bills_at_20_percent() -> None:
     assert turn_cost(tokens, price("qwen-plus")).billed_input == pytest.approx((1_000 + 3_000 * 0.2) * 0.4 / 1e6)
 
 
-def test_the_usage_decides_how_hits_bill_before_the_ledger_does() -> None:
-    # DashScope said ephemeral: explicit, whatever the gateway believed it sent; and the reverse when it did not say
+def test_the_usage_decides_how_hits_bill_not_the_markers_sent() -> None:
+    # DashScope said ephemeral: its explicit cache served the request (here a full hit, nothing written) ...
     assert turn_tokens(usage(2_000, 1, cached=1_500, creation=0), {"cache": "implicit"}).explicit
-    assert turn_tokens(usage(2_000, 1, cached=1_500), {"cache": "explicit"}).explicit  # markers sent, nothing said
-    assert not turn_tokens(usage(2_000, 1, cached=1_500), None).explicit
+    # ... and markers sent to a model without an explicit cache are ignored there: its hits bill as implicit ones
+    assert not turn_tokens(usage(2_000, 1, cached=1_500), {"cache": "explicit"}).explicit
 
 
 def test_the_window_cut_counts_toward_what_a_stateless_client_would_have_sent() -> None:
@@ -109,6 +109,12 @@ def test_a_conversation_sums_its_replies_and_falls_back_to_its_model() -> None:
     assert summary["currency"] == "USD"
 
 
+def test_a_reply_stored_without_usage_is_counted_as_unmetered() -> None:
+    cut_short = stored("assistant", None, {"model": "qwen-plus", "cache": "implicit", "unsent_tokens": 0})
+    summary = conversation_ledger(PLUS, [stored("user", None), cut_short], "qwen-plus").summary()
+    assert (summary["turns"], summary["unmetered_turns"]) == (0, 1)
+
+
 def test_a_model_without_a_price_counts_tokens_but_no_cost() -> None:
     ledger = Ledger(PLUS)
     assert ledger.add(turn_tokens(usage(100, 10), {"model": "my-own-model"})) is None
@@ -126,9 +132,16 @@ def test_configured_prices_and_currency_replace_the_built_in_ones() -> None:
     assert Pricing().price("qwen-max") is not None and Pricing().price("unknown-model") is None
 
 
+def test_a_snapshot_table_keeps_its_aliases_prices_and_window() -> None:
+    models = parse_models({"qwen-plus-2025-07-28": {"cache": "implicit"}}, ConfigError)
+    snapshot, alias = models["qwen-plus-2025-07-28"], models["qwen-plus"]
+    assert (snapshot.input_price, snapshot.context_tokens, snapshot.cache) == (0.4, alias.context_tokens, "implicit")
+
+
 @pytest.mark.parametrize(
     ("table", "says"),
     [
+        ({"currency": "CNY"}, "currency: set input_price and output_price"),  # would relabel USD prices
         ({"input_price": -1, "output_price": 1}, "input_price"),
         ({"input_price": "cheap", "output_price": 1}, "input_price"),
         ({"input_price": 1}, "set both"),

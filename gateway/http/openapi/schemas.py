@@ -13,6 +13,7 @@ from gateway.protocols.openai_chat import ROLES
 _COST_TOKENS = (
     "turns",
     "priced_turns",
+    "unmetered_turns",
     "input_tokens",
     "cached_tokens",
     "explicit_cached_tokens",

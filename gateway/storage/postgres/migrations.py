@@ -223,12 +223,24 @@ $$
 """
 
 # p002: the turn's ledger (``Turn.ledger``) on its reply, beside the usage.  A function is known by its argument
-# types, so the p001 one is dropped by them first: CREATE OR REPLACE with one more argument would add an overload.
-_OLD_RECORD_TURN_SIGNATURE = """
-DROP FUNCTION gateway_record_turn(
-    TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT[], TEXT[], BIGINT, BOOLEAN, TEXT, BIGINT, BIGINT, BIGINT,
-    BOOLEAN, BIGINT, INTEGER, BOOLEAN, INTEGER, TEXT, TEXT, TEXT, BYTEA, DOUBLE PRECISION, TEXT, DOUBLE PRECISION,
-    TEXT)
+# types: the new one, with one more, is an overload of p001's, which becomes a wrapper passing no ledger, so that
+# processes of the previous release still running against this database (a rolling upgrade) keep recording turns.
+_OLD_RECORD_TURN_WRAPPER = """
+CREATE OR REPLACE FUNCTION gateway_record_turn(
+    p_owner TEXT, p_external_id TEXT, p_at DOUBLE PRECISION, p_model TEXT, p_system_json TEXT,
+    p_roles TEXT[], p_bodies TEXT[], p_bytes BIGINT, p_interrupted BOOLEAN, p_usage_json TEXT,
+    p_prompt_tokens BIGINT, p_completion_tokens BIGINT, p_cached_tokens BIGINT,
+    p_existed BOOLEAN, p_expected_version BIGINT, p_replace_from INTEGER,
+    p_set_window BOOLEAN, p_window_start INTEGER, p_summary_json TEXT,
+    p_reply_key TEXT, p_reply_hash TEXT, p_reply_body BYTEA, p_reply_expires DOUBLE PRECISION,
+    p_response_id TEXT, p_response_created DOUBLE PRECISION, p_response_request TEXT,
+    OUT o_conversation BIGINT, OUT o_version BIGINT
+)
+LANGUAGE sql AS $$
+SELECT r.o_conversation, r.o_version
+  FROM gateway_record_turn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL::TEXT, $11, $12, $13, $14, $15, $16, $17,
+                           $18, $19, $20, $21, $22, $23, $24, $25, $26) AS r
+$$
 """
 # As p001's, with p_ledger_json after p_usage_json, stored on the reply as the usage is.
 _RECORD_TURN_FUNCTION_P002 = """
@@ -320,8 +332,8 @@ async def p002_message_ledger(conn: asyncpg.Connection) -> None:
     # What the gateway alone knows of a turn's request (its model, cache mode, the history the window left
     # unsent), JSON on the reply row; NULL on every other row and on replies recorded before this migration.
     await conn.execute("ALTER TABLE messages ADD COLUMN ledger_json TEXT")
-    await conn.execute(_OLD_RECORD_TURN_SIGNATURE)
     await conn.execute(_RECORD_TURN_FUNCTION_P002)
+    await conn.execute(_OLD_RECORD_TURN_WRAPPER)
 
 
 MIGRATIONS: tuple[Migration, ...] = (p001_schema, p002_message_ledger, *COORDINATION_MIGRATIONS)
