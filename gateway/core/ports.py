@@ -21,6 +21,7 @@ from gateway.core.records import (
     Memory,
     NewMessage,
     ResponseRecord,
+    SearchHit,
     StorageFault,
     StoredMessage,
     StoredResponse,
@@ -41,6 +42,7 @@ __all__ = [
     "Memory",
     "NewMessage",
     "ResponseRecord",
+    "SearchHit",
     "Storage",
     "StorageFault",
     "StoredMessage",
@@ -108,6 +110,21 @@ class Catalog(Protocol):
     ) -> list[ConversationInfo]:
         """A page by recent activity, after ``cursor``: ``owner``'s, or with ``owner`` None those of the owners
         ``owner_prefix`` names (as ``find_conversations``)."""
+        ...
+
+    async def search_conversations(
+        self,
+        owner: str | None,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        order: str,
+        cursor: ConversationInfo | None,
+        owner_prefix: str | None = "",
+    ) -> list[SearchHit]:
+        """Conversations every term occurs in (as a substring of some message's searchable text: its text content
+        and tool calls; case-insensitive), a page by activity after ``cursor``, each with up to 3 of its matching
+        messages in order; ``owner`` and ``owner_prefix`` as in ``list_conversations``."""
         ...
 
     async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:

@@ -145,6 +145,15 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class SearchHit:
+    """A conversation found by a search, with up to 3 of its matching messages in order: (row id, seq, role,
+    searchable text)."""
+
+    conversation: ConversationInfo
+    messages: list[tuple[int, int, str, str]]
+
+
+@dataclass(frozen=True)
 class StoredResponse:
     """A recorded Responses API call as the store gives it back: its conversation, request fields, the reply it
     produced and the messages its request added (its input items), as they are stored now."""
