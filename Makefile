@@ -71,6 +71,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.slowloris
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.cache_cost
+	$(BIN)/python -m bench.search --postgres
 
 clean:
 	rm -rf $(VENV) $(NODE_CLIENTS)/node_modules *.egg-info .mypy_cache .pytest_cache .ruff_cache

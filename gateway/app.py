@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import resource
 import signal
@@ -46,6 +45,7 @@ from gateway.http.connections import (
     quiet_accept_errors,
     raise_open_file_limit,
 )
+from gateway.http.console import is_loopback
 from gateway.http.cors import CorsPolicy
 from gateway.http.heap import HeapTrimmer
 from gateway.http.middleware import CanonicalLine, add_response_headers, request_context
@@ -213,22 +213,13 @@ async def _check_start_up(config: Config, gatekeeper: Gatekeeper, storage: Stora
 
 
 def _refuse_unsafe_open_mode(config: Config, keys_mode: bool) -> None:
-    if keys_mode or not config.upstream_api_key or config.allow_open or _is_loopback(config.host):
+    if keys_mode or not config.upstream_api_key or config.allow_open or is_loopback(config.host):
         return
     raise ConfigError(
         f"auth.allow_open: refusing to serve in open mode on {config.host} while holding an upstream key: anyone "
         "who reaches this address could spend it. Create a gateway key (gateway keys create --tenant NAME), set "
         'auth.mode = "keys", listen on a loopback address, or set auth.allow_open = true to accept this.'
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 async def start(config: Config, sockets: Sequence[socket.socket] = ()) -> tuple[GatewayRunner, int]:

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The servers the suite starts from the distribution's packages: throwaway PostgreSQL clusters (tests/postgres.py)
-# and HAProxy in front of gateway replicas (tests/balancer.py).  Installs whichever is missing with apt-get (as
-# root, or through sudo when it needs no password; the package lists are refreshed only when the install cannot
-# find them).  Where neither is possible it says so and those tests skip themselves.  Run by `make test` and .ci/run.
+# The servers the suite starts from the distribution's packages: throwaway PostgreSQL clusters (tests/postgres.py),
+# HAProxy in front of gateway replicas (tests/balancer.py), and headless Chromium for the console's browser tests
+# (tests/browser/), with a CJK font so that its screenshots show Chinese text.  Installs whichever is missing with
+# apt-get (as root, or through sudo when it needs no password; the package lists are refreshed only when the install
+# cannot find them).  Where neither is possible it says so and those tests skip themselves.  Run by `make test` and
+# .ci/run.
 set -euo pipefail
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+{ command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list :lang=zh family)" ]; } || missing+=(fonts-wqy-microhei)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=()
 if [ "$(id -u)" -ne 0 ]; then

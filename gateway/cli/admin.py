@@ -26,6 +26,7 @@ from gateway.core.ledger import Pricing, conversation_ledger
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, ConversationLocks, KeyStore, Storage, StoredMessage
 from gateway.core.retention import SECONDS_PER_DAY
+from gateway.core.search import parse_query, snippet
 from gateway.core.transfer import export_lines, parse_import
 from gateway.errors import InvalidRequest
 from gateway.protocols.openai_chat import dumps
@@ -71,6 +72,22 @@ async def list_conversations(catalog: Catalog, out: TextIO, *, owner: str | None
     found = await catalog.list_conversations(None, limit=limit, order="desc", cursor=None, owner_prefix=owner)
     rows = [("OWNER", "ID", "MESSAGES", "UPDATED", "MODEL")]
     rows += [(_owner(c.owner), c.external_id, str(c.message_count), _time(c.updated_at), c.model or "-") for c in found]
+    _table(out, rows)
+
+
+async def search_conversations(catalog: Catalog, out: TextIO, text: str, *, owner: str | None, limit: int) -> None:
+    """Every owner's conversations (or those ``owner`` starts) holding each word of ``text``, newest first, with
+    the first match of each."""
+    try:
+        terms = parse_query(text)
+    except InvalidRequest as exc:
+        raise CommandFailed(exc.message) from None
+    found = await catalog.search_conversations(None, terms, limit=limit, order="desc", cursor=None, owner_prefix=owner)
+    rows = [("OWNER", "ID", "UPDATED", "MATCH")]
+    for hit in found:
+        info, first = hit.conversation, hit.messages[0] if hit.messages else None
+        match = f"{first[2]}: {snippet(first[3], terms)[0]}" if first is not None else ""
+        rows.append((_owner(info.owner), info.external_id, _time(info.updated_at), match))
     _table(out, rows)
 
 

@@ -71,11 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     database.add_argument(
         "--db", dest="storage.path", metavar="PATH", help="database file or postgresql:// URL [storage.path]"
     )
-    conversations = commands.add_parser("conversations", help="list, show, export, import or delete conversations")
+    conversations = commands.add_parser(
+        "conversations", help="list, search, show, export, import or delete conversations"
+    )
     actions = conversations.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", parents=[database], help="conversations by recent activity")
     listing.add_argument("--owner", metavar="HASH", help=OWNER_HELP)
     listing.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N (default 50)")
+    searching = actions.add_parser("search", parents=[database], help="conversations whose messages hold every word")
+    searching.add_argument("text", metavar="TEXT", help="words, in any order (the last may be a prefix)")
+    searching.add_argument("--owner", metavar="HASH", help=OWNER_HELP)
+    searching.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N (default 20)")
     show = actions.add_parser("show", parents=[database], help="a conversation as a readable transcript")
     export = actions.add_parser("export", parents=[database], help="a conversation as JSON lines on stdout")
     export.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (exact, default) or openai")
@@ -178,6 +184,9 @@ def _admin_command(args: dict[str, Any], config: Config) -> Callable[[Storage], 
     owner = admin.owner_filter(args["owner"])
     if action == "list":
         return lambda storage: admin.list_conversations(storage.catalog, out, owner=owner, limit=args["limit"])
+    if action == "search":
+        text, limit = args["text"], args["limit"]
+        return lambda storage: admin.search_conversations(storage.catalog, out, text, owner=owner, limit=limit)
     if action == "show":
         pricing = Pricing(config.models)
         return lambda storage: admin.show_conversation(

@@ -19,6 +19,7 @@ from gateway.core.history import split_system
 from gateway.core.ledger import Pricing, conversation_ledger, reply_cost
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import Catalog, ConversationInfo, NewMessage, StoredMessage
+from gateway.core.search import matches_object, parse_query
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.protocols.openai_chat import (
     Message,
@@ -105,20 +106,52 @@ class ConversationsService:
         )
 
     async def list(self, owner: str, page: PageRequest) -> dict[str, Any]:
-        cursor = None
-        if page.after is not None:
-            cursor = await self._catalog.get_conversation(owner, page.after)
-            if cursor is None:
-                raise InvalidRequest("'after' names no conversation of yours.", code="invalid_cursor", param="after")
+        cursor = await self._cursor(owner, page)
         found = await self._catalog.list_conversations(owner, limit=page.limit + 1, order=page.order, cursor=cursor)
         return list_object([conversation_object(c) for c in found[: page.limit]], has_more=len(found) > page.limit)
 
+    async def _cursor(self, owner: str, page: PageRequest) -> ConversationInfo | None:
+        if page.after is None:
+            return None
+        cursor = await self._catalog.get_conversation(owner, page.after)
+        if cursor is None:
+            raise InvalidRequest("'after' names no conversation of yours.", code="invalid_cursor", param="after")
+        return cursor
+
+    async def search(self, owner: str, q: str, page: PageRequest) -> dict[str, Any]:
+        """The caller's conversations whose messages hold every word of ``q`` (``gateway.core.search``), a page by
+        activity, each with its matching messages' snippets."""
+        terms = parse_query(q)
+        cursor = await self._cursor(owner, page)
+        found = await self._catalog.search_conversations(
+            owner, terms, limit=page.limit + 1, order=page.order, cursor=cursor
+        )
+        items = [
+            {**conversation_object(hit.conversation), "matches": matches_object(hit, terms, _MESSAGE_ID_PREFIX)}
+            for hit in found[: page.limit]
+        ]
+        return list_object(items, has_more=len(found) > page.limit)
+
     async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
-        """The conversation with its ``cost`` (``gateway.core.ledger``), summed over every reply it holds."""
+        """The conversation with its ``cost`` (``gateway.core.ledger``), summed over every reply it holds, and its
+        ``context``: the stored window's cut (the messages before ``window_start`` are not sent upstream) and the
+        summary sent in their place."""
         conversation = await self._existing(owner, conversation_id)
         messages = await self._catalog.export_messages(conversation)
         cost = conversation_ledger(self._pricing, messages, conversation.model).summary()
-        return {**conversation_object(conversation), "cost": cost}
+        summary = conversation.summary.get("content") if conversation.summary is not None else None
+        context = {"window_start": conversation.window_start, "summary": summary}
+        return {**conversation_object(conversation), "cost": cost, "context": context}
+
+    async def export(self, owner: str, conversation_id: str, fmt: str) -> Sequence[str]:
+        """The lines of ``gateway conversations export`` (``gateway.core.transfer``)."""
+        from gateway.core.transfer import FORMATS, export_lines  # transfer reads metadata as this module does
+
+        if fmt not in FORMATS:
+            choices = ", ".join(FORMATS)
+            raise InvalidRequest(f"'format' must be one of {choices}.", code="invalid_format", param="format")
+        conversation = await self._existing(owner, conversation_id)
+        return export_lines(conversation, await self._catalog.export_messages(conversation), fmt)
 
     async def messages(self, owner: str, conversation_id: str, page: PageRequest) -> dict[str, Any]:
         conversation = await self._existing(owner, conversation_id)

@@ -18,7 +18,25 @@ from gateway.protocols.openai_chat import dumps, parse_json_body, validate_conve
 
 async def list_conversations(request: web.Request) -> web.Response:
     page = parse_page(request.query, default_order="desc")
-    return _json(await request.app[CONVERSATIONS].list(_owner(request), page))
+    conversations = request.app[CONVERSATIONS]
+    q = request.query.get("q")
+    if q is not None:
+        return _json(await conversations.search(_owner(request), q, page))
+    return _json(await conversations.list(_owner(request), page))
+
+
+async def export_conversation(request: web.Request) -> web.Response:
+    """``?format=jsonl`` (default; one JSON line per record, as ``gateway conversations export``) or ``openai``."""
+    fmt = request.query.get("format", "jsonl")
+    conversation_id = _path_id(request)
+    lines = await request.app[CONVERSATIONS].export(_owner(request), conversation_id, fmt)
+    extension, content_type = ("jsonl", "application/x-ndjson") if fmt == "jsonl" else ("json", "application/json")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in conversation_id)[:100]
+    return web.Response(
+        body="".join(f"{line}\n" for line in lines).encode(),
+        content_type=content_type,
+        headers={"Content-Disposition": f'attachment; filename="{safe}.{extension}"'},
+    )
 
 
 async def get_conversation(request: web.Request) -> web.Response:

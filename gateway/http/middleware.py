@@ -40,7 +40,10 @@ log = structlog.get_logger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_API_PREFIXES = ("/v1/", "/api/v1/")  # OpenAI-compatible, and DashScope's native protocol
+# OpenAI-compatible, and DashScope's native protocol: only these need a principal.  Every other path passes
+# without one: /healthz and the other operations routes, and the console's page and assets (/ui/), which sign in
+# by sending a key on the API calls they make.
+_API_PREFIXES = ("/v1/", "/api/v1/")
 NATIVE_PREFIX = "/api/v1/"
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}

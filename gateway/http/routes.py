@@ -7,11 +7,13 @@ from aiohttp import web
 
 from gateway.errors import InvalidRequest
 from gateway.http.chat import CONVERSATION_HEADER, chat_completions, pass_through
+from gateway.http.console import add_console_routes
 from gateway.http.conversations import (
     create_conversation,
     create_items,
     delete_conversation,
     delete_item,
+    export_conversation,
     fork_conversation,
     get_conversation,
     get_item,
@@ -49,6 +51,7 @@ def add_routes(app: web.Application) -> None:
     # Ids may hold any printable character, "/" included (sent as %2F): match the rest of the path, and try the
     # /messages and /items routes first.  An item id holds no "/" (msg_12, fc_12_0): the last segment is it.
     app.router.add_get("/v1/conversations/{conversation_id:.+}/messages", list_messages)
+    app.router.add_get("/v1/conversations/{conversation_id:.+}/export", export_conversation)
     app.router.add_get("/v1/conversations/{conversation_id:.+}/items", list_items)
     app.router.add_post("/v1/conversations/{conversation_id:.+}/items", create_items)
     app.router.add_get("/v1/conversations/{conversation_id:.+}/items/{item_id}", get_item)
@@ -63,6 +66,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_handler())
+    add_console_routes(app)  # /ui/: the page signs in itself, so the access middleware lets it by (no /v1/ prefix)
     # Last, so that every route above wins; the native generation route is added by app.create_app before this.
     app.router.add_route("*", "/v1/{upstream_path:.*}", pass_through)
     app.router.add_route("*", "/api/v1/{upstream_path:.*}", pass_through)

@@ -58,6 +58,7 @@ class Config:
     port: int
     max_body_bytes: int
     cors_origins: tuple[str, ...]
+    console: bool
     keepalive_timeout: float
     header_timeout: float
     body_timeout: float
@@ -117,6 +118,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "server.port": lambda k, v: as_int(k, v, 0, 65535),
     "server.max_body_bytes": lambda k, v: as_int(k, v, 1024, 1 << 31),
     "server.cors_origins": origins,
+    "server.console": as_bool,
     "server.keepalive_timeout_seconds": as_seconds,
     "server.header_timeout_seconds": as_seconds,
     "server.body_timeout_seconds": as_seconds,
@@ -282,6 +284,7 @@ def load_config(
         port=v["server.port"],
         max_body_bytes=v["server.max_body_bytes"],
         cors_origins=v["server.cors_origins"],
+        console=v["server.console"],
         keepalive_timeout=v["server.keepalive_timeout_seconds"],
         header_timeout=v["server.header_timeout_seconds"],
         body_timeout=v["server.body_timeout_seconds"],

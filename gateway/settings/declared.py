@@ -46,6 +46,11 @@ SETTINGS: tuple[Setting, ...] = (
         'Browser origins allowed to call the gateway (CORS), e.g. ["https://chat.example.com"]; ["*"] for any; '
         "[] turns CORS off. From the environment: comma-separated.",
     ),
+    Setting(
+        "server.console",
+        True,
+        "Serve the web console at /ui/ (sign-in with a gateway key; in open auth mode only on a loopback address).",
+    ),
     Setting("server.keepalive_timeout_seconds", 75.0, "Seconds an idle keep-alive client connection stays open."),
     Setting(
         "server.header_timeout_seconds",

@@ -192,3 +192,19 @@ async def test_show_prints_the_cost_at_the_configured_prices(gateway: Gateway, u
     assert f"{upstream.billing.total_cost:.6f} CNY billed" in cost_line
     assert f"({upstream.billing.total_creation_tokens} written to the cache)" in cost_line
     assert upstream.billing.total_creation_tokens > 0  # qwen-plus is "auto": marked once the prefix is long enough
+
+
+async def test_search_finds_conversations_of_every_owner_or_of_one(gateway: Gateway, upstream: FakeUpstream) -> None:
+    upstream.script(Script(content="您想要6.1、6.5还是6.7英寸的屏幕?"), Script(content="2K or 4K?"))
+    await _turn(gateway, "cn", "我想买手机")
+    await _turn(gateway, "en", "a 6.7 inch phone", api_key="key-b")
+    found = await _cli(gateway, "conversations", "search", "6.7")
+    assert found.status == 0, found.err
+    lines = found.out.splitlines()
+    assert lines[0].split() == ["OWNER", "ID", "UPDATED", "MATCH"]
+    assert [line.split()[:2] for line in lines[1:]] == [[OWNER_B[:12], "en"], [OWNER_A[:12], "cn"]]
+    assert "assistant: 您想要6.1、6.5还是6.7英寸的屏幕?" in lines[2]
+    only_a = await _cli(gateway, "conversations", "search", "英寸", "--owner", OWNER_A[:8])
+    assert [line.split()[1] for line in only_a.out.splitlines()[1:]] == ["cn"]
+    empty = await _cli(gateway, "conversations", "search", " ")
+    assert empty.status == 1 and "at least one word" in empty.err

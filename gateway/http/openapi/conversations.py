@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.core.search import MAX_QUERY_CHARACTERS
+from gateway.core.transfer import FORMATS
 from gateway.http.openapi.parts import CONVERSATION_ID, json_content, list_of, operation, page_parameters, ref
 
 TENANT = {
@@ -36,10 +38,19 @@ def conversation_paths() -> dict[str, Any]:
         "/v1/conversations": {
             "parameters": [tenant],
             "get": operation(
-                "The caller's conversations, newest activity first",
-                json_content(list_of("Conversation"), "A page of conversations"),
+                "The caller's conversations, newest activity first; with q, those whose messages hold every word",
+                json_content(list_of("ListedConversation"), "A page of conversations"),
                 errors=(400, 503),
-                parameters=page_parameters("desc"),
+                parameters=[
+                    *page_parameters("desc"),
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARACTERS},
+                        "description": "Words, in any order, each found case-insensitively inside a message's text "
+                        "or tool calls (so the last may be a prefix, and Chinese matches without spaces)",
+                    },
+                ],
             ),
             "post": operation(
                 "Create a conversation", conversation, errors=(400, 409, 413, 503), body="CreateConversation"
@@ -74,6 +85,27 @@ def conversation_paths() -> dict[str, Any]:
                 json_content(list_of("StoredMessage"), "A page of messages"),
                 errors=(400, 404, 503),
                 parameters=page_parameters("asc"),
+            ),
+        },
+        "/v1/conversations/{conversation_id}/export": {
+            "parameters": in_path,
+            "get": operation(
+                "The conversation as `gateway conversations export` writes it",
+                {
+                    "description": "jsonl: one JSON object per line; openai: one line of {model, messages}",
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "application/json": {"schema": {"type": "object"}},
+                    },
+                },
+                errors=(400, 404, 503),
+                parameters=[
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": list(FORMATS), "default": "jsonl"},
+                    }
+                ],
             ),
         },
         "/v1/conversations/{conversation_id}/items": {

@@ -68,8 +68,37 @@ SCHEMAS: dict[str, Any] = {
         ("prompt_tokens", "completion_tokens", "cached_tokens"),
     ),
     "Conversation": object_schema(_CONVERSATION, tuple(_CONVERSATION)),
-    # GET of one conversation: the ledger summed over every reply it holds (gateway.core.ledger).
-    "ConversationWithCost": object_schema({**_CONVERSATION, "cost": ref("ConversationCost")}, (*_CONVERSATION, "cost")),
+    # The list; with ?q=, each with the snippets of its matching messages (gateway.core.search).
+    "ListedConversation": object_schema(
+        {**_CONVERSATION, "matches": {"type": "array", "items": ref("SearchMatch"), "maxItems": 3}},
+        tuple(_CONVERSATION),
+    ),
+    "SearchMatch": object_schema(
+        {
+            "id": {"type": "string"},
+            "role": {"type": "string"},
+            "snippet": {"type": "string"},
+            "highlights": {
+                "type": "array",
+                "description": "[start, end) code-point offsets of each word found, in the snippet",
+                "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+            },
+        },
+        ("id", "role", "snippet", "highlights"),
+    ),
+    # GET of one conversation: the ledger summed over every reply it holds (gateway.core.ledger), and the stored
+    # window's cut.
+    "ConversationWithCost": object_schema(
+        {**_CONVERSATION, "cost": ref("ConversationCost"), "context": ref("ConversationContext")},
+        (*_CONVERSATION, "cost", "context"),
+    ),
+    "ConversationContext": object_schema(
+        {
+            "window_start": {"type": "integer", "description": "messages before this index are not sent upstream"},
+            "summary": {"type": "string", "nullable": True, "description": "sent in their place"},
+        },
+        ("window_start", "summary"),
+    ),
     "ConversationCost": object_schema(
         {
             "currency": NULLABLE_STRING,

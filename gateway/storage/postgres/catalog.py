@@ -1,5 +1,6 @@
-"""PostgresCatalog: the SQL for seeing and managing stored conversations (list, read, create, edit, delete), the
-``core.ports.Catalog`` of the PostgreSQL backend -- the same statements as ``storage.sqlite.catalog``, translated.
+"""PostgresCatalog: the SQL for seeing and managing stored conversations (list, search, read, create, edit,
+delete), the ``core.ports.Catalog`` of the PostgreSQL backend -- the same statements as ``storage.sqlite.catalog``,
+translated.  The search's index and the conditions on it are in ``search``.
 
 Beside ``store`` (turns and their reads) and ``keys``; the one-message edits of the Conversations items API
 (append, delete anywhere) are in ``edits``.  Every change is one ``Database.transaction``, which drops the
@@ -15,11 +16,13 @@ read back byte for byte; times are DOUBLE PRECISION, exact for Python floats.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
+from gateway.core.ports import ConversationInfo, NewMessage, SearchHit, StoredMessage
+from gateway.core.search import can_match
 from gateway.protocols.openai_chat import dumps, encode, loads
-from gateway.storage.postgres import edits
+from gateway.storage.postgres import edits, search
 from gateway.storage.postgres.database import Database
 from gateway.storage.postgres.turns import RECOUNT, cut
 from gateway.storage.rows import stored_message
@@ -48,6 +51,37 @@ SELECT {_COLUMNS}
     for order, op in (("desc", "<"), ("asc", ">"))
     for paged in (False, True)
 }
+
+
+# Search's scopes: those of the list, and "everyone" for the operator's prefix '' (every owner: the CLI's search
+# without --owner), which the planner otherwise takes for a rare one (it cannot tell that substr(owner, 1, 0) is
+# always ''), and then tests every conversation rather than walking the activity index until the page is full.
+_SEARCH_SCOPES = {**_OWNER_SCOPES, "everyone": "$1::text = ''"}
+
+
+@cache
+def _search_conversations(scope: str, order: str, paged: bool, indexed: int, short: int) -> str:
+    """A page of the conversations (as ``_LIST_CONVERSATIONS`` pages them, same parameters) that hold every term
+    (``search``; their patterns from $3, or $5 after a cursor), each joined to up to 3 of its matching messages
+    (row id, seq, role, searchable text; NULLs for none), worked out for the page's conversations only."""
+    every, anyone = search.term_conditions(5 if paged else 3, indexed, short)
+    direction, op = {"desc": ("DESC", "<"), "asc": ("ASC", ">")}[order]
+    after = f" AND (updated_at, id) {op} ($3::float8, $4::bigint)" if paged else ""
+    return f"""
+WITH page AS (
+    SELECT {_COLUMNS} FROM conversations AS c
+     WHERE {_SEARCH_SCOPES[scope]}{after} AND {every}
+     ORDER BY updated_at {direction}, id {direction} LIMIT $2::bigint
+)
+SELECT page.*, x.id, x.seq, x.role, x.text
+  FROM page LEFT JOIN LATERAL (
+       SELECT m.id, m.seq, m.role, gateway_message_text(m.body) AS text FROM messages AS m
+        WHERE m.conversation_id = page.id AND ({anyone})
+        ORDER BY m.seq LIMIT 3) AS x ON true
+ ORDER BY page.updated_at {direction}, page.id {direction}, x.seq
+"""  # noqa: S608
+
+
 _GET_CONVERSATION = f"SELECT {_COLUMNS} FROM conversations WHERE owner = $1 AND external_id = $2"  # noqa: S608
 # The prefix is $1 (as in _OPERATOR_SCOPE), the id $2.
 _FIND_CONVERSATIONS = f"SELECT {_COLUMNS} FROM conversations WHERE external_id = $2 AND {_OPERATOR_SCOPE}"  # noqa: S608
@@ -147,6 +181,36 @@ class PostgresCatalog:
             args += [cursor.updated_at, cursor.row_id]
         rows = await self._db.fetch(_LIST_CONVERSATIONS[scope, order, cursor is not None], *args)
         return [_conversation(row) for row in rows]
+
+    async def search_conversations(
+        self,
+        owner: str | None,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        order: str,
+        cursor: ConversationInfo | None,
+        owner_prefix: str | None = "",
+    ) -> list[SearchHit]:
+        """A page, as ``list_conversations`` pages them, of the conversations in which every term occurs in some
+        message, each with up to 3 of its messages holding a term, in order (``search``).  Planned for its
+        patterns at every execution (``Database.fetch_custom_plan``): a generic plan cannot judge a LIKE."""
+        if not can_match(terms):
+            return []
+        indexed, short, patterns = search.term_patterns(terms)
+        scope, who = ("owner", owner) if owner is not None else ("operator", owner_prefix)
+        if scope == "operator" and owner_prefix == "":
+            scope = "everyone"
+        args: list[Any] = [who, _limit(limit)]
+        if cursor is not None:
+            args += [cursor.updated_at, cursor.row_id]
+        statement = _search_conversations(scope, order, cursor is not None, indexed, short)
+        hits: dict[int, SearchHit] = {}
+        for row in await self._db.fetch_custom_plan(statement, *args, *patterns):
+            hit = hits.setdefault(row[0], SearchHit(_conversation(row), []))
+            if row[14] is not None:
+                hit.messages.append((row[14], row[15], row[16], row[17]))
+        return list(hits.values())  # in the statement's order: dicts keep the order of insertion
 
     async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:
         seq = await self._db.fetchval(_MESSAGE_SEQ, conversation.row_id, message_row_id)

@@ -1,9 +1,9 @@
 """The tables and functions of cross-process coordination on PostgreSQL: request limits shared by every process,
 and the advisory-lock key spaces that the locks (``locks``) and the limits (``limits``) use.
 
-Migrations here are appended to the store's own (``migrations.MIGRATIONS = (p001_schema, p002_message_ledger,
-*COORDINATION_MIGRATIONS)``) and run the same way: each once, in its own transaction, recorded by name.  Never
-edit one that has shipped; append another.
+Migrations here follow the store's first two (``migrations.MIGRATIONS = (p001_schema, p002_message_ledger,
+*COORDINATION_MIGRATIONS, p003_message_search)``) and run the same way: each once, in its own transaction, recorded
+by name.  Never edit one that has shipped; append another.
 
 Data model:
 

@@ -1,9 +1,9 @@
 """PostgreSQL schema migrations: an ordered list of functions, each applied once and recorded by name.
 
-Never edit a migration that has shipped; append a new ``pNNN_...`` function (or, for the coordination tables,
-a step in ``coordination_schema``) instead.  ``migrate`` runs each pending step in its own transaction holding
-``pg_advisory_xact_lock(MIGRATION_LOCK)``, so two replicas starting at once apply it exactly once: the second
-waits for the first's commit, then finds the step recorded.
+Never edit a migration that has shipped; append a new ``pNNN_...`` function (here, or in ``search`` for the search
+index; for the coordination tables, a step in ``coordination_schema``) instead.  ``migrate`` runs each pending step
+in its own transaction holding ``pg_advisory_xact_lock(MIGRATION_LOCK)``, so two replicas starting at once apply it
+exactly once: the second waits for the first's commit, then finds the step recorded.
 
 Data model (the SQLite backend's, see ``gateway.storage.sqlite.store``): a ``conversations`` row per (owner,
 external id) with its system prompt, window, counters and ``version`` (moved on by every change, the turn fence);
@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from gateway.storage.postgres.coordination_schema import COORDINATION_MIGRATIONS
+from gateway.storage.postgres.search import p003_message_search
 
 Migration = Callable[[asyncpg.Connection], Awaitable[None]]
 
@@ -336,7 +337,9 @@ async def p002_message_ledger(conn: asyncpg.Connection) -> None:
     await conn.execute(_OLD_RECORD_TURN_WRAPPER)
 
 
-MIGRATIONS: tuple[Migration, ...] = (p001_schema, p002_message_ledger, *COORDINATION_MIGRATIONS)
+# Applied in this order on a new database, and on an existing one each missing step in this order (recorded by
+# name: the order of steps already applied does not matter); p003 is in ``search``, with its queries.
+MIGRATIONS: tuple[Migration, ...] = (p001_schema, p002_message_ledger, *COORDINATION_MIGRATIONS, p003_message_search)
 
 _RECORDS = "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
 

@@ -1,5 +1,5 @@
-"""SqliteCatalog: the SQL for seeing and managing stored conversations (list, read, create, edit, delete), the
-``core.ports.Catalog`` of the SQLite backend.
+"""SqliteCatalog: the SQL for seeing and managing stored conversations (list, search, read, create, edit, delete),
+the ``core.ports.Catalog`` of the SQLite backend.  The search's index and the conditions on it are in ``search``.
 
 Beside ``store.ConversationStore`` (turns and their reads; its commits in ``writer``, its connections from
 ``connections``) and ``keys``; the one-message edits of the Conversations items API (append, delete anywhere) are
@@ -13,12 +13,14 @@ rewind or a fork recounts them from the messages that remain or were copied.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from gateway.core.ports import ConversationInfo, NewMessage, StoredMessage
+from gateway.core.ports import ConversationInfo, NewMessage, SearchHit, StoredMessage
+from gateway.core.search import can_match
 from gateway.protocols.openai_chat import dumps, loads
 from gateway.storage.rows import stored_message
-from gateway.storage.sqlite import edits
+from gateway.storage.sqlite import edits, search
 from gateway.storage.sqlite.store import ConversationStore, Transaction
 from gateway.storage.sqlite.turns import RECOUNT, cut_statements
 
@@ -42,6 +44,34 @@ SELECT {_COLUMNS}
     for scope, condition in _OWNER_SCOPES.items()
     for order, op in (("desc", "<"), ("asc", ">"))
 }
+
+
+@cache
+def _search_conversations(scope: str, order: str, modes: tuple[str, ...]) -> str:
+    """A page of the conversations (as ``_LIST_CONVERSATIONS`` pages them) that hold every term, tested as
+    ``modes`` say (``search.plan``), and a last column with up to 3 of each one's matching messages: worked out for
+    the page's conversations only.  Walking (``search.walks``): the scope's conversations in page order, LIMIT -1
+    keeping SQLite from flattening that subquery or pushing the terms' condition into it, so that they are tested
+    one by one in that order until the page is full (sorted by their keys alone: no index has the scope in
+    activity order, and sorting whole rows cost ~10 times more); else the planner's choice, led by the index's
+    lookups."""
+    every, anyone = search.term_conditions(modes)
+    direction, op = {"desc": ("DESC", "<"), "asc": ("ASC", ">")}[order]
+    scoped = f"{_OWNER_SCOPES[scope]} AND (:cursor_id IS NULL OR (updated_at, id) {op} (:cursor_updated, :cursor_id))"
+    ordered = f"ORDER BY updated_at {direction}, id {direction}"
+    if search.walks(modes):
+        page = f"""SELECT {_COLUMNS} FROM conversations WHERE id IN (
+            SELECT c.id FROM (SELECT id, updated_at FROM conversations WHERE {scoped} {ordered} LIMIT -1) AS c
+             WHERE {every} LIMIT :limit)"""  # noqa: S608 (constants only)
+    else:
+        page = f"SELECT {_COLUMNS} FROM conversations AS c WHERE {scoped} AND {every} {ordered} LIMIT :limit"  # noqa: S608
+    return f"""
+SELECT page.*, {search.MATCHES.format(condition=anyone)}
+  FROM ({page}) AS page
+ ORDER BY page.updated_at {direction}, page.id {direction}
+"""  # noqa: S608
+
+
 _GET_CONVERSATION = f"SELECT {_COLUMNS} FROM conversations WHERE owner = ? AND external_id = ?"  # noqa: S608
 _FIND_CONVERSATIONS = f"SELECT {_COLUMNS} FROM conversations WHERE external_id = :id AND {_OPERATOR_SCOPE}"  # noqa: S608
 
@@ -133,6 +163,36 @@ class SqliteCatalog:
             "cursor_updated": cursor.updated_at if cursor else None,
         }
         return [_conversation(row) for row in await self._store.read(_LIST_CONVERSATIONS[scope, order], params)]
+
+    async def search_conversations(
+        self,
+        owner: str | None,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        order: str,
+        cursor: ConversationInfo | None,
+        owner_prefix: str | None = "",
+    ) -> list[SearchHit]:
+        """A page, as ``list_conversations`` pages them, of the conversations in which every term occurs in some
+        message, each with up to 3 of its messages holding a term, in order (``search``): a first statement
+        counts how common the longer terms are (``search.probe``), which chooses the second's shape.  On the
+        waiting connection, as every read here: a search reads the index and maybe many messages' text."""
+        if not can_match(terms):
+            return []
+        probed, probe_params = search.probe_params(terms)
+        counts = await self._store.read(search.probe(len(probed)), probe_params) if probed else [()]
+        modes, params = search.plan(terms, dict(zip(probed, counts[0], strict=True)))
+        params |= {
+            "owner": owner,
+            "owner_prefix": owner_prefix,
+            "limit": limit,
+            "cursor_id": cursor.row_id if cursor else None,
+            "cursor_updated": cursor.updated_at if cursor else None,
+        }
+        scope = "owner" if owner is not None else "operator"
+        rows = await self._store.read(_search_conversations(scope, order, modes), params)
+        return [SearchHit(_conversation(row), _matches(row[14])) for row in rows]
 
     async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:
         rows = await self._store.read(_MESSAGE_SEQ, (conversation.row_id, message_row_id))
@@ -251,6 +311,12 @@ class SqliteCatalog:
 
 async def _recount(tx: Transaction, key: tuple[str, str], at: float | None, *, bump: int) -> None:
     await tx.execute(RECOUNT, {"owner": key[0], "id": key[1], "at": at, "bump": bump})
+
+
+def _matches(column: str | None) -> list[tuple[int, int, str, str]]:
+    """``search.MATCHES``' JSON array as (row id, seq, role, text), in seq order."""
+    found = [(int(i), int(seq), str(role), str(text)) for i, seq, role, text in loads(column or "[]")]
+    return sorted(found, key=lambda match: match[1])  # json_group_array's order follows its rows', not promised
 
 
 def _conversation(row: Any) -> ConversationInfo:

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
+from gateway.storage.sqlite.search import m012_message_search
+
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 
@@ -388,6 +390,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     m009_versions_and_keys_version,
     m010_shared_limits,
     m011_message_ledger,
+    m012_message_search,  # in ``search``, with the queries of the index it creates
 )
 
 

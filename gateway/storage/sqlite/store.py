@@ -3,25 +3,28 @@
 The SQLite backend is this module with ``connections`` (opening the file), ``turns`` (a turn's SQL and row
 shapes), ``responses`` (finding and deleting the Responses API calls turns record), ``writer`` (the inline commits
 of turns, group commit included), ``freshness`` (other processes' writes, and the cache's checks), ``catalog``
-and ``edits`` (the conversations API and CLI: reads, and the edits of single messages), ``keys`` (gateway keys),
-``limits`` (limits shared by worker processes) and ``migrations``; no other module holds SQL.  ``backend`` bundles
-them, with the cross-process ``locks``, as a ``core.ports.Storage``.
+and ``edits`` (the conversations API and CLI: reads, and the edits of single messages), ``search`` (the messages'
+full-text index and the search that reads it), ``keys`` (gateway keys), ``limits`` (limits shared by worker
+processes) and ``migrations``; no other module holds SQL.  ``backend`` bundles them, with the cross-process
+``locks``, as a ``core.ports.Storage``.
 
 Data model: a *conversation* row per (owner, external id) holds the stored system prompt (JSON list of the leading
 system messages), the last model, counters and timestamps, and its version and incarnation (what other processes'
 caches and the turn fence check, see ``turns``); a *message* row per stored message holds the message
 JSON exactly as sent or received, its position ``seq``, whether the reply was interrupted, and the turn's usage
 and ledger (on its reply); a *response* row per Responses API call a turn answered names its reply's and first
-input's seq (``responses``).
+input's seq (``responses``); the FTS5 table ``message_search`` holds each message's searchable text, kept in step
+by triggers on the messages (``search``).
 
 Two paths to the same file.  The *inline* path is a plain ``sqlite3`` connection used on the event loop with
 ``busy_timeout = 0``: it never waits for a lock, and in WAL mode with ``synchronous = NORMAL`` a read or a commit
-is a few tens of microseconds of CPU with no fsync.  Handing the same work to a thread (aiosqlite) costs ~160 us
-of wake-ups per call on the benchmark machine, several times the work itself (see README, Benchmark).  Whenever
-waiting could be needed, the *waiting* path takes over: an aiosqlite connection with the configured busy timeout,
-used when the inline path meets a lock held by another process (the CLI, say), for every write when
-``synchronous = "full"`` (each commit then fsyncs), for migrations, for the statements of ``catalog`` and ``keys``
-(listing, reading, deleting conversations), and for WAL checkpoints, which the inline connection never runs
+is a few tens of microseconds of CPU with no fsync (a turn's commit more, for its text's search index: ``search``
+has the figures).  Handing the same work to a thread (aiosqlite) costs ~160 us of wake-ups per call on the
+benchmark machine, several times the work itself (see README, Benchmark).  Whenever waiting could be needed, the
+*waiting* path takes over: an aiosqlite connection with the configured busy timeout, used when the inline path
+meets a lock held by another process (the CLI, say), for every write when ``synchronous = "full"`` (each commit
+then fsyncs), for migrations, for the statements of ``catalog``, ``search`` and ``keys`` (listing, searching,
+reading, deleting conversations), and for WAL checkpoints, which the inline connection never runs
 itself (``wal_autocheckpoint = 0``) because they fsync; a background task runs them.
 
 A turn is stored whole or not at all (see ``turns``); one planned from a version of its conversation that is no
@@ -63,10 +66,12 @@ from gateway.storage.sqlite.turns import (
     FIND_REPLY,
     HISTORY_BYTES,
     INLINE_READ_BYTES,
+    INLINE_TURN_BYTES,
     LOAD,
     incarnation_of,
     memory_from_rows,
     turn_params,
+    turn_size,
     turn_statements,
 )
 from gateway.storage.sqlite.writer import TurnWriter
@@ -283,14 +288,17 @@ class ConversationStore:
         together with any that finish in it (see ``writer``).
         """
         params = turn_params(turn)
+        # Indexing a large turn's text for search (m012's triggers, ~1 us a character) would hold the event loop:
+        # it commits from the waiting connection's thread instead.
+        inline = self._inline_writes and turn_size(params) <= INLINE_TURN_BYTES
         try:
-            if self._inline_writes and self._writer.should_share():
+            if inline and self._writer.should_share():
                 # Not shielded: a cancelled caller cancels only its future; the batch still records the turn whole
                 # (the writer skips futures nobody waits for).  A shield would cost each turn two more callbacks
                 # and a loop iteration before it can answer.
                 if await self._writer.queue(turn, params):
                     return
-            elif self._inline_writes and self._writer.record_now(turn, params):
+            elif inline and self._writer.record_now(turn, params):
                 return
             await asyncio.shield(self._record_waiting(turn, params))
         except sqlite3.Error as exc:

@@ -131,6 +131,9 @@ HISTORY_BYTES = "SELECT history_bytes FROM conversations WHERE owner = ? AND ext
 # Histories larger than this (stored JSON bytes) are read off the event loop: ~1 ms of reading and parsing
 # on it at this size, where a 64 MB history would stall every request for a second.
 INLINE_READ_BYTES = 1 << 20
+# A turn of more message JSON than this commits on the waiting connection (a thread): the search index's
+# triggers tokenize its text at ~0.35 us (English) to ~1 us (Chinese) a character, too long for the event loop.
+INLINE_TURN_BYTES = 16 * 1024
 
 
 def memory_from_rows(rows: list[Any]) -> Memory:
