@@ -22,6 +22,7 @@ MAX_TERM_CHARACTERS = 64
 SNIPPET_CHARACTERS = 160
 _BEFORE = 48  # of the snippet, before the first match: enough to read what it is about
 _ELLIPSIS = "…"
+_RAW_WINDOW = 4 * SNIPPET_CHARACTERS  # of the raw text each side of the first match: whitespace runs shrink
 
 
 def parse_query(q: str) -> list[str]:
@@ -53,14 +54,19 @@ def _is_unicode(text: str) -> bool:
 def snippet(text: str, terms: Sequence[str]) -> tuple[str, list[list[int]]]:
     """A short excerpt of ``text`` around the first term found, and the [start, end) offsets (in code points) of
     every term inside it; whitespace runs read as one space."""
-    flat = " ".join(text.split())
     pattern = re.compile("|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)), re.IGNORECASE)
-    first = pattern.search(flat)
-    start = max(0, first.start() - _BEFORE) if first is not None else 0
+    # Only the neighbourhood of the first match is read beyond one regex search: a message may be megabytes (a
+    # tool's output), and up to 300 of them make one page.
+    first = pattern.search(text)
+    around = first.start() if first is not None else 0
+    low, high = max(0, around - _RAW_WINDOW), min(len(text), around + _RAW_WINDOW)
+    flat = " ".join(text[low:high].split())
+    found = pattern.search(flat)
+    start = max(0, found.start() - _BEFORE) if found is not None else 0
     end = min(len(flat), start + SNIPPET_CHARACTERS)
     start = max(0, min(start, end - SNIPPET_CHARACTERS))
-    lead = _ELLIPSIS if start > 0 else ""
-    excerpt = lead + flat[start:end] + (_ELLIPSIS if end < len(flat) else "")
+    lead = _ELLIPSIS if start > 0 or low > 0 else ""
+    excerpt = lead + flat[start:end] + (_ELLIPSIS if end < len(flat) or high < len(text) else "")
     shift = len(lead) - start
     highlights = [[m.start() + shift, m.end() + shift] for m in pattern.finditer(flat, start, end)]
     return excerpt, highlights

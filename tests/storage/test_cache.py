@@ -16,7 +16,9 @@ from gateway.core.history import replay
 from gateway.core.ports import Memory, Turn
 from gateway.errors import StorageUnavailable
 from gateway.storage.cache import HistoryCache
+from gateway.storage.sqlite.catalog import SqliteCatalog
 from gateway.storage.sqlite.store import ConversationStore
+from gateway.storage.sqlite.turns import INLINE_TURN_BYTES
 from tests.conftest import Gateway, make_config, start_gateway, user
 from tests.fake_upstream import FakeUpstream
 
@@ -222,3 +224,25 @@ async def test_a_turn_waits_for_another_process_lock_then_commits(tmp_path: Path
         other.close()
         await store.close()
     assert [m["content"] for m in loaded.messages] == ["before", "re: before", "during", "re: during"]
+
+
+async def test_a_large_turn_commits_off_the_event_loop_and_keeps_the_history_cached(tmp_path: Path) -> None:
+    """A turn of more than 16 KiB of messages (indexing its text for search would hold the loop) commits on the
+    waiting connection, and the cached history is extended as an inline commit extends it, not thrown away."""
+    path = tmp_path / "g.db"
+    store = await ConversationStore.open(path, cache_messages=100)
+    try:
+        await store.append_turn(_turn("big", "1"))
+        cached = await store.load("o", "big")
+        large = dataclasses.replace(
+            _turn("big", "x" * (INLINE_TURN_BYTES + 1)), expected_version=cached.version, existed=True
+        )
+        await store.append_turn(large)
+        extended = await store.load("o", "big")
+        assert extended.version == cached.version + 1 and len(extended.messages) == 4
+        assert extended.messages[:2] == cached.messages  # the same entry, grown: not read afresh
+        assert extended.messages[2]["content"] is large.messages[0]["content"]
+        found = await SqliteCatalog(store).search_conversations("o", ["xxxx"], limit=5, order="desc", cursor=None)
+        assert [hit.conversation.external_id for hit in found] == ["big"]  # and indexed with it
+    finally:
+        await store.close()

@@ -47,6 +47,8 @@ log = structlog.get_logger("gateway")
 
 @dataclass(frozen=True)
 class Asset:
+    """One file of ``static/`` as it is served."""
+
     body: bytes
     content_type: str
     etag: str

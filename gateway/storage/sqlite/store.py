@@ -68,6 +68,7 @@ from gateway.storage.sqlite.turns import (
     INLINE_READ_BYTES,
     INLINE_TURN_BYTES,
     LOAD,
+    STAMP,
     incarnation_of,
     memory_from_rows,
     turn_params,
@@ -289,8 +290,9 @@ class ConversationStore:
         """
         params = turn_params(turn)
         # Indexing a large turn's text for search (m012's triggers, ~1 us a character) would hold the event loop:
-        # it commits from the waiting connection's thread instead.
-        inline = self._inline_writes and turn_size(params) <= INLINE_TURN_BYTES
+        # it commits from the waiting connection's thread instead; so does a turn replacing stored messages, whose
+        # deletes take their text back out of the index, however large it was.
+        inline = self._inline_writes and turn_size(params) <= INLINE_TURN_BYTES and turn.replace_from is None
         try:
             if inline and self._writer.should_share():
                 # Not shielded: a cancelled caller cancels only its future; the batch still records the turn whole
@@ -306,14 +308,22 @@ class ConversationStore:
             raise StorageUnavailable("The conversation store cannot be written.", code="storage_unavailable") from exc
 
     async def _record_waiting(self, turn: Turn, params: tuple[Any, ...]) -> None:
+        key = (turn.owner, turn.external_id)
+        stamp = None
         try:
-            async with self.transaction((turn.owner, turn.external_id)) as tx:
+            # The cached history stays (nothing changes it unless this commits) and is extended as an inline
+            # commit extends it: a conversation of large turns would otherwise be read afresh every turn.
+            async with self.transaction() as tx:
                 for sql, values in turn_statements(turn, params):
                     await tx.execute(sql, values)
+                if turn.expected_version is None and turn.replace_from is None:
+                    rows = await tx.fetch(STAMP, key)
+                    stamp = tuple(rows[0]) if rows else None
         except StorageUnavailable as exc:
             if isinstance(exc.__cause__, sqlite3.Error):
                 _raise_refused(exc.__cause__)
             raise
+        self._writer.committed(turn, params, stamp)
 
     async def read_now(self, sql: str, params: Any) -> list[Any]:
         """A small read on the event loop (the inline connection), or on the waiting connection when another

@@ -71,7 +71,7 @@ class TurnWriter:
             if is_busy(exc):
                 return False
             raise
-        self._committed(turn, params, stamp)
+        self.committed(turn, params, stamp)
         return True
 
     def _commit_batch(self) -> None:
@@ -96,11 +96,12 @@ class TurnWriter:
                     future.set_exception(exc)
             return
         for (turn, params, future), stamp in zip(batch, stamps, strict=True):
-            self._committed(turn, params, stamp)
+            self.committed(turn, params, stamp)
             if not future.cancelled():
                 future.set_result(True)
 
-    def _committed(self, turn: Turn, params: tuple[Any, ...], stamp: _Stamp) -> None:
+    def committed(self, turn: Turn, params: tuple[Any, ...], stamp: _Stamp) -> None:
+        """A turn committed (here, or on the waiting connection): the cached history follows it."""
         self.dirty = True
         key, appended = (turn.owner, turn.external_id), (*turn.messages, turn.reply)
         if stamp is not None:
