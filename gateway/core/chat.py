@@ -21,7 +21,7 @@ from gateway.core.context import ContextPlanner, Window
 from gateway.core.history import TurnPlan, plan_turn
 from gateway.core.idempotency import REPLAYED_HEADER, Replies, completion_body, replay_events
 from gateway.core.lifecycle import Drain
-from gateway.core.metering import Accounting, Meter, asking_usage, passthrough
+from gateway.core.metering import Accounting, Meter, asking_usage, passthrough, wants_usage
 from gateway.core.ordering import KeyedLocks
 from gateway.core.ports import (
     ConversationChanged,
@@ -227,7 +227,7 @@ class ChatService:
             if response.status >= 400:
                 self._upstream.check_credentials(response.status)
                 raise UpstreamHTTPError(response.status, await response.read(), response.headers)
-            accounting = memory.accounting if memory is not None else passthrough(request.raw, request.body)
+            accounting = memory.accounting if memory is not None else passthrough(request.body)
             if response.is_event_stream:
                 await self._relay_stream(response, channel, memory, accounting)
             else:
@@ -400,7 +400,5 @@ async def _replay(kept: bytes, request: ChatRequest, channel: ReplyChannel) -> N
     if not request.body.stream:
         await channel.respond(200, "application/json", headers, kept)
         return
-    options = request.body.fields.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
     await channel.open_stream(200, "text/event-stream", {**headers, **STREAM_HEADERS})
-    await channel.send(replay_events(loads(kept), include_usage=include_usage))
+    await channel.send(replay_events(loads(kept), include_usage=wants_usage(request.body.fields)))

@@ -75,8 +75,8 @@ def turn_tokens(usage: Mapping[str, Any], ledger: Mapping[str, Any] | None, mode
     without a ledger (before the ledger existed, or imported)."""
     details = usage.get("prompt_tokens_details")
     details = details if isinstance(details, Mapping) else {}
-    prompt = _count(usage.get("prompt_tokens"))
-    cached = min(_count(details.get("cached_tokens")), prompt)
+    prompt = token_count(usage.get("prompt_tokens"))
+    cached = min(token_count(details.get("cached_tokens")), prompt)
     creation = min(_creation(details), prompt - cached)
     ledger = ledger or {}
     named = ledger.get("model")
@@ -85,11 +85,11 @@ def turn_tokens(usage: Mapping[str, Any], ledger: Mapping[str, Any] | None, mode
     explicit = details.get("cache_type") == "ephemeral" or creation > 0
     return TurnTokens(
         prompt=prompt,
-        completion=_count(usage.get("completion_tokens")),
+        completion=token_count(usage.get("completion_tokens")),
         cached=cached,
         creation=creation,
         explicit=explicit,
-        unsent=_count(ledger.get("unsent_tokens")),
+        unsent=token_count(ledger.get("unsent_tokens")),
         model=named if isinstance(named, str) else model,
     )
 
@@ -170,8 +170,8 @@ class Ledger:
         self._pricing = pricing
         self.turns = self.priced_turns = 0
         self.unmetered_turns = 0  # replies stored without usage (a stream cut short): billed, but by how much?
-        self.tokens = {"input": 0, "cached": 0, "explicit_cached": 0, "implicit_cached": 0, "creation": 0}
-        self.tokens.update(output=0, stateless_input=0)
+        kinds = ("input", "cached", "explicit_cached", "implicit_cached", "creation", "output", "stateless_input")
+        self.tokens = dict.fromkeys(kinds, 0)
         self.currency: str | None = None
         self.money = {"list_input": 0.0, "billed_input": 0.0, "output": 0.0, "stateless_input": 0.0}
         self._previous = 0  # the stateless client's previous prompt
@@ -260,13 +260,14 @@ def _creation(details: Mapping[str, Any]) -> int:
     """Tokens written to the explicit cache: DashScope's total, else the sum of its per-TTL breakdown."""
     total = details.get("cache_creation_input_tokens")
     if total is not None:
-        return _count(total)
+        return token_count(total)
     breakdown = details.get("cache_creation")
     if isinstance(breakdown, Mapping):
-        return sum(_count(value) for value in breakdown.values())
+        return sum(token_count(value) for value in breakdown.values())
     return 0
 
 
-def _count(value: Any) -> int:
-    """A token figure as the ledger trusts it: a non-negative integer, else (absent, a bool, junk) 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+def token_count(value: Any) -> int:
+    """A usage figure as the ledger and the stored counters trust it: a non-negative integer, else (absent, a
+    bool, junk) 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.cache_markers import carries_markers
 from gateway.core.ledger import Pricing, turn_cost, turn_tokens
 from gateway.observability.logs import note
 from gateway.observability.metrics import Metrics
@@ -48,16 +47,19 @@ class Meter:
             )
 
 
+def wants_usage(fields: Mapping[str, Any]) -> bool:
+    """Whether a streaming client asked for the usage chunk (``stream_options.include_usage``)."""
+    options = fields.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 def asking_usage(fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """The request's fields, a stream asking for its usage chunk; and whether the client did not ask for it (the
     chunk is then kept from it)."""
-    if fields.get("stream") is not True:
+    if fields.get("stream") is not True or wants_usage(fields):
         return fields, False
     options = fields.get("stream_options")
-    options = options if isinstance(options, dict) else {}
-    if options.get("include_usage") is True:
-        return fields, False
-    return {**fields, "stream_options": {**options, "include_usage": True}}, True
+    return {**fields, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}, True
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,8 @@ class Accounting:
     hide_usage: bool  # a stream's usage chunk is the gateway's, not for the client, who did not ask for it
 
 
-def passthrough(raw: bytes, body: ChatBody) -> Accounting:
-    """A request without memory, sent as the client wrote it (its own markers, if any).  A native upstream reports
-    a stream's usage all the same: relayed only to a client that asked for it, as OpenAI's streams do."""
-    explicit = b'"cache_control"' in raw and carries_markers(body.messages)
-    ledger = {"model": body.model, "cache": "explicit" if explicit else "implicit", "unsent_tokens": 0}
-    return Accounting(ledger, asking_usage(body.fields)[1])
+def passthrough(body: ChatBody) -> Accounting:
+    """A request without memory, sent as the client wrote it: nothing is recorded, so its ledger only names the
+    model to price.  A native upstream reports a stream's usage all the same: relayed only to a client that asked
+    for it, as OpenAI's streams do."""
+    return Accounting({"model": body.model, "unsent_tokens": 0}, asking_usage(body.fields)[1])

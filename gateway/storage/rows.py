@@ -1,6 +1,6 @@
 """Row shapes every backend shares: a conversation's rows read back as its ``Memory``, a message row as a
-``StoredMessage`` (with its usage and ledger), and a usage count as stored (a non-negative integer, anything else
-0).  Pure: no driver, no SQL."""
+``StoredMessage`` (with its usage and ledger); usage counts as stored are ``core.ledger.token_count``'s.  Pure: no
+driver, no SQL."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.core.history import replay
+from gateway.core.ledger import token_count
 from gateway.core.ports import Memory, StoredMessage
+
+__all__ = ["memory_of", "stored_message", "token_count"]
 from gateway.protocols.openai_chat import loads
-
-
-def token_count(value: Any) -> int:
-    """A usage figure as the counters keep it: a non-negative integer, else (absent, a bool, junk) 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def stored_message(row: Any) -> StoredMessage:
