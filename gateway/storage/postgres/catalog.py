@@ -175,10 +175,7 @@ class PostgresCatalog:
     ) -> list[ConversationInfo]:
         """A page of ``owner``'s conversations; with ``owner`` None, of the owners ``owner_prefix`` names (see
         ``find_conversations``)."""
-        scope, who = ("owner", owner) if owner is not None else ("operator", owner_prefix)
-        args: list[Any] = [who, _limit(limit)]
-        if cursor is not None:
-            args += [cursor.updated_at, cursor.row_id]
+        scope, args = _page(owner, owner_prefix, limit, cursor)
         rows = await self._db.fetch(_LIST_CONVERSATIONS[scope, order, cursor is not None], *args)
         return [_conversation(row) for row in rows]
 
@@ -198,12 +195,9 @@ class PostgresCatalog:
         if not can_match(terms):
             return []
         indexed, short, patterns = search.term_patterns(terms)
-        scope, who = ("owner", owner) if owner is not None else ("operator", owner_prefix)
+        scope, args = _page(owner, owner_prefix, limit, cursor)
         if scope == "operator" and owner_prefix == "":
             scope = "everyone"
-        args: list[Any] = [who, _limit(limit)]
-        if cursor is not None:
-            args += [cursor.updated_at, cursor.row_id]
         statement = _search_conversations(scope, order, cursor is not None, indexed, short)
         hits: dict[int, SearchHit] = {}
         for row in await self._db.fetch_custom_plan(statement, *args, *patterns):
@@ -335,6 +329,17 @@ def _limit(limit: int) -> int | None:
 def _rows(status: str) -> int:
     """The row count of a command status such as ``DELETE 3`` or ``UPDATE 0``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _page(
+    owner: str | None, owner_prefix: str | None, limit: int, cursor: ConversationInfo | None
+) -> tuple[str, list[Any]]:
+    """The scope and leading arguments of a page of conversations by activity, listed or searched."""
+    scope, who = ("owner", owner) if owner is not None else ("operator", owner_prefix)
+    args: list[Any] = [who, _limit(limit)]
+    if cursor is not None:
+        args += [cursor.updated_at, cursor.row_id]
+    return scope, args
 
 
 def _conversation(row: Any) -> ConversationInfo:

@@ -154,14 +154,7 @@ class SqliteCatalog:
     ) -> list[ConversationInfo]:
         """A page of ``owner``'s conversations; with ``owner`` None, of the owners ``owner_prefix`` names (see
         ``find_conversations``)."""
-        scope = "owner" if owner is not None else "operator"
-        params = {
-            "owner": owner,
-            "owner_prefix": owner_prefix,
-            "limit": limit,
-            "cursor_id": cursor.row_id if cursor else None,
-            "cursor_updated": cursor.updated_at if cursor else None,
-        }
+        scope, params = _page(owner, owner_prefix, limit, cursor)
         return [_conversation(row) for row in await self._store.read(_LIST_CONVERSATIONS[scope, order], params)]
 
     async def search_conversations(
@@ -183,15 +176,8 @@ class SqliteCatalog:
         probed, probe_params = search.probe_params(terms)
         counts = await self._store.read(search.probe(len(probed)), probe_params) if probed else [()]
         modes, params = search.plan(terms, dict(zip(probed, counts[0], strict=True)))
-        params |= {
-            "owner": owner,
-            "owner_prefix": owner_prefix,
-            "limit": limit,
-            "cursor_id": cursor.row_id if cursor else None,
-            "cursor_updated": cursor.updated_at if cursor else None,
-        }
-        scope = "owner" if owner is not None else "operator"
-        rows = await self._store.read(_search_conversations(scope, order, modes), params)
+        scope, page = _page(owner, owner_prefix, limit, cursor)
+        rows = await self._store.read(_search_conversations(scope, order, modes), params | page)
         return [SearchHit(_conversation(row), _matches(row[14])) for row in rows]
 
     async def message_seq(self, conversation: ConversationInfo, message_row_id: int) -> int | None:
@@ -317,6 +303,20 @@ def _matches(column: str | None) -> list[tuple[int, int, str, str]]:
     """``search.MATCHES``' JSON array as (row id, seq, role, text), in seq order."""
     found = [(int(i), int(seq), str(role), str(text)) for i, seq, role, text in loads(column or "[]")]
     return sorted(found, key=lambda match: match[1])  # json_group_array's order follows its rows', not promised
+
+
+def _page(
+    owner: str | None, owner_prefix: str | None, limit: int, cursor: ConversationInfo | None
+) -> tuple[str, dict[str, Any]]:
+    """The scope and parameters of a page of conversations by activity, listed or searched."""
+    scope = "owner" if owner is not None else "operator"
+    return scope, {
+        "owner": owner,
+        "owner_prefix": owner_prefix,
+        "limit": limit,
+        "cursor_id": cursor.row_id if cursor else None,
+        "cursor_updated": cursor.updated_at if cursor else None,
+    }
 
 
 def _conversation(row: Any) -> ConversationInfo:
