@@ -54,6 +54,13 @@ class Result:
         return cuts[round(fraction * 1000) - 1] * 1000
 
 
+def quantile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` quantile of ``values`` (in their unit), to the percent; one value is its own, none NaN."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
 def _body(turn: int) -> bytes:
     message = {"role": "user", "content": f"I would like a phone with a 6.7 inch screen, please ({turn})."}
     return json.dumps({"model": "qwen-plus", "messages": [message]}).encode()

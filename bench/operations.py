@@ -37,7 +37,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.load import Load, run_load
+from bench.load import Load, quantile, run_load
 from bench.serving import REPO, server
 
 RESULTS = REPO / "bench" / "results" / "operations.md"
@@ -50,9 +50,7 @@ _INSERT_CONVERSATION = (
 
 
 def _ms(values: list[float], fraction: float) -> float:
-    if len(values) < 2:
-        return values[0] * 1000 if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1] * 1000
+    return quantile(values, fraction) * 1000
 
 
 async def _streams(url: str, count: int, conversation: bool) -> tuple[list[float], list[float]]:

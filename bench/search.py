@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ import aiohttp
 import orjson
 
 from bench import search_writes
+from bench.load import quantile
 from bench.search_corpus import BIG_KEY, CONVERSATIONS, QUERIES, SMALL_KEY, Corpus, build_corpus
 from bench.serving import REPO, server
 
@@ -87,9 +87,7 @@ class Timing:
     correct: bool  # the first page is the newest matching conversations, in order
 
     def ms(self, fraction: float) -> float:
-        if len(self.latencies) < 2:
-            return self.latencies[0] * 1000 if self.latencies else float("nan")
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[round(fraction * 100) - 1] * 1000
+        return quantile(self.latencies, fraction) * 1000
 
 
 async def _time_search(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.load import quantile
 from bench.search_corpus import owner_of, turn_pairs
 
 
@@ -133,7 +134,7 @@ async def http_turns(urls: dict[str, str], turns: int, block: int = 250) -> dict
 def us(values: list[float], fraction: float | None = None) -> float:
     if fraction is None:
         return statistics.fmean(values) * 1e6
-    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1] * 1e6
+    return quantile(values, fraction) * 1e6
 
 
 async def backfill(db: Path) -> float:

@@ -24,7 +24,6 @@ import asyncio
 import collections
 import json
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.load import quantile
 from bench.serving import REPO, server
 
 PYTHON = sys.executable
@@ -196,9 +196,7 @@ def log_figures(log: Path) -> tuple[int, int, collections.Counter[str], collecti
 
 
 def _ms(values: list[float], fraction: float) -> float:
-    if len(values) < 2:
-        return values[0] * 1000 if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1] * 1000
+    return quantile(values, fraction) * 1000
 
 
 async def _run(args: argparse.Namespace, workdir: Path) -> str:
