@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+import asyncpg
 import pytest
 
 from gateway.core.history import replay
@@ -23,6 +25,9 @@ from gateway.core.ports import ConversationInfo, Memory, Storage, Turn
 from gateway.protocols.openai_chat import Message, encode
 from gateway.settings.config import Config
 from gateway.storage.open import open_storage
+from gateway.storage.postgres import migrations as postgres_migrations
+from gateway.storage.postgres.coordination_schema import COORDINATION_MIGRATIONS
+from gateway.storage.sqlite import migrations as sqlite_migrations
 from tests.conftest import make_config
 
 UNUSED_UPSTREAM = "http://127.0.0.1:9/v1"  # the config needs one; storage never calls it
@@ -157,3 +162,23 @@ async def soon(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def sqlite_migrated_until(db: aiosqlite.Connection, last: Callable[[aiosqlite.Connection], Any]) -> None:
+    """A new SQLite database taken through the migrations up to and including ``last``, as a release before the
+    next one left it (each recorded, so that opening it runs only the later ones)."""
+    await db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    steps = sqlite_migrations.MIGRATIONS
+    for step in steps[: steps.index(last) + 1]:
+        await step(db)
+        await db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (step.__name__,))
+
+
+async def postgres_migrated_until(conn: asyncpg.Connection, last: Callable[[asyncpg.Connection], Any]) -> None:
+    """The same for PostgreSQL: its own migrations up to ``last``, then the coordination tables (which every
+    release since they came has)."""
+    await conn.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)")
+    own = [step for step in postgres_migrations.MIGRATIONS if step not in COORDINATION_MIGRATIONS]
+    for step in (*own[: own.index(last) + 1], *COORDINATION_MIGRATIONS):
+        await step(conn)
+        await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step.__name__)

@@ -22,9 +22,17 @@ from gateway.core.ports import ConversationInfo, NewMessage, ResponseRecord, Sto
 from gateway.core.transfer import TransferError, export_lines, parse_import
 from gateway.settings.config import Config
 from gateway.storage.postgres import migrations as postgres_migrations
-from gateway.storage.postgres.coordination_schema import COORDINATION_MIGRATIONS
 from gateway.storage.sqlite import migrations as sqlite_migrations
-from tests.storage.conftest import CREATED, Backend, existing, info, turn, user
+from tests.storage.conftest import (
+    CREATED,
+    Backend,
+    existing,
+    info,
+    postgres_migrated_until,
+    sqlite_migrated_until,
+    turn,
+    user,
+)
 
 LEDGER = {"model": "qwen-plus", "cache": "explicit", "unsent_tokens": 0}
 USAGE = {"prompt_tokens": 3019, "completion_tokens": 104, "prompt_tokens_details": {"cached_tokens": 2048}}
@@ -149,12 +157,8 @@ _BODIES = [json.dumps(user("old")), json.dumps({"role": "assistant", "content": 
 
 async def _sqlite_before_ledgers(config: Config) -> None:
     """A SQLite file as m010 left it, holding one turn with usage."""
-    steps = sqlite_migrations.MIGRATIONS
     async with aiosqlite.connect(config.db_path) as db:
-        await db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        for step in steps[: steps.index(sqlite_migrations.m010_shared_limits) + 1]:
-            await step(db)
-            await db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (step.__name__,))
+        await sqlite_migrated_until(db, sqlite_migrations.m010_shared_limits)
         await db.execute(
             """
             INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
@@ -172,12 +176,7 @@ async def _postgres_before_ledgers(config: Config) -> None:
     assert config.db_url is not None
     conn = await asyncpg.connect(config.db_url)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-        )
-        for step in (postgres_migrations.p001_schema, *COORDINATION_MIGRATIONS):
-            await step(conn)
-            await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step.__name__)
+        await postgres_migrated_until(conn, postgres_migrations.p001_schema)
         await _record_as_p001(conn, "old")
     finally:
         await conn.close()

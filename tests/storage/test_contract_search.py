@@ -29,11 +29,20 @@ from gateway.protocols.openai_chat import Message
 from gateway.settings.config import Config
 from gateway.storage.open import open_storage
 from gateway.storage.postgres import migrations as postgres_migrations
-from gateway.storage.postgres.coordination_schema import COORDINATION_MIGRATIONS
 from gateway.storage.postgres.database import Database
 from gateway.storage.sqlite import migrations as sqlite_migrations
 from gateway.storage.sqlite import search as sqlite_search
-from tests.storage.conftest import CREATED, Backend, existing, info, sqlite_database, turn, user
+from tests.storage.conftest import (
+    CREATED,
+    Backend,
+    existing,
+    info,
+    postgres_migrated_until,
+    sqlite_database,
+    sqlite_migrated_until,
+    turn,
+    user,
+)
 
 PHONE = "我想要6.7英寸的"  # "I want a 6.7-inch one": no spaces, as Chinese is written
 RESOLUTION = "2K or 4K?"
@@ -334,12 +343,8 @@ _OLD_MESSAGES: Sequence[Message] = (user(PHONE), TOOL_CALL, {"role": "tool", "co
 
 async def _sqlite_before_search(config: Config) -> None:
     """A SQLite file as m011 left it, holding one conversation."""
-    steps = sqlite_migrations.MIGRATIONS
     async with aiosqlite.connect(config.db_path) as db:
-        await db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        for step in steps[: steps.index(sqlite_migrations.m011_message_ledger) + 1]:
-            await step(db)
-            await db.execute("INSERT INTO schema_migrations VALUES (?, 0)", (step.__name__,))
+        await sqlite_migrated_until(db, sqlite_migrations.m011_message_ledger)
         await db.execute(
             """
             INSERT INTO turn_writes (owner, external_id, at, model, system_json, bodies_json, interrupted, usage_json,
@@ -357,13 +362,7 @@ async def _postgres_before_search(config: Config) -> None:
     assert config.db_url is not None
     conn = await asyncpg.connect(config.db_url)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-        )
-        steps = (postgres_migrations.p001_schema, postgres_migrations.p002_message_ledger, *COORDINATION_MIGRATIONS)
-        for step in steps:
-            await step(conn)
-            await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", step.__name__)
+        await postgres_migrated_until(conn, postgres_migrations.p002_message_ledger)
         row_id = await conn.fetchval(
             "INSERT INTO conversations (owner, external_id, created_at, updated_at, message_count)"
             " VALUES ('owner-a', 'old', 1.0, 1.0, $1) RETURNING id",
