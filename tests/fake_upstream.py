@@ -293,6 +293,8 @@ class FakeUpstream:
             choice = {"message": {"role": "assistant", "content": piece}, "finish_reason": "stop" if last else "null"}
             event = {"output": {"choices": [choice]}, "usage": usage, "request_id": request_id}
             await response.write(f"id:{n}\nevent:result\n:HTTP_STATUS/200\ndata:{json.dumps(event)}\n\n".encode())
+            if script.chunk_delay and not last:  # as the compatible stream paces its chunks
+                await asyncio.sleep(script.chunk_delay)
         return response
 
     async def _stream(
